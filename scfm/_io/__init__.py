@@ -1,0 +1,1 @@
+"""File access: safe loading of official formats, downloads with a verified cache."""

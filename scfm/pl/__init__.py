@@ -1,0 +1,1 @@
+"""Plot model results."""

@@ -1,0 +1,1 @@
+"""Prepare data for a model: count checks, gene ID mapping, ortholog conversion."""
