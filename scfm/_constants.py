@@ -25,6 +25,17 @@ class Key:
             """Boolean column marking the cells a model could process (written only when some could not)."""
             return f"{key}_valid"
 
+    class var:
+        @staticmethod
+        def gene_id(kind: str) -> str:
+            """Gene IDs written by ``scfm.pp.map_gene_ids``: ``var['ensembl_id']`` or ``var['gene_symbol']``."""
+            return {"ensembl": "ensembl_id", "symbol": "gene_symbol"}[kind]
+
+        @staticmethod
+        def ortholog_source(species: str) -> str:
+            """Source genes of each gene after ``scfm.pp.convert_orthologs``: ``var['<species>_gene']``."""
+            return f"{species}_gene"
+
     class varm:
         @staticmethod
         def gene_embedding(family: str) -> str:

@@ -133,8 +133,6 @@ def load(
     **options
         Passed to the family's loader (e.g. ``checkpoint_key`` for scFoundation).
     """
-    from .._io.download import fetch_entry_folders
-
     _ensure_registered()
     entry = ENTRIES.get(name_or_family)
     if entry is None:
@@ -148,6 +146,8 @@ def load(
         family = entry.family
         loader = get_loader(family)
         if not entry.weights_free and (checkpoint is None or (resources is None and entry.resources)):
+            from .._io.download import fetch_entry_folders
+
             ckpt_dir, res_dir = fetch_entry_folders(entry)
             checkpoint = checkpoint if checkpoint is not None else ckpt_dir
             resources = resources if resources is not None else res_dir

@@ -1,0 +1,651 @@
+"""Geneformer rank-value encoding: dictionaries, gene mapping and a vectorised tokenizer.
+
+What the official ``TranscriptomeTokenizer`` (``geneformer/tokenizer.py``, V2 era) computes, and what this module
+reproduces token for token (quirk numbers refer to ``shared/fixtures/geneformer/PROVENANCE.md``):
+
+* **T1** ``obs['n_counts']`` is taken as given when present; when it is absent, the row sum of the matrix over
+  *all* genes is used (the official code requires the column).
+* **T2** the model's ``ensembl_mapping_dict`` is restricted to entries whose value is a token; gene IDs are
+  upper-cased and mapped through it; unmapped genes (also ``""``/NaN) are dropped.
+* **T3** if several input genes map to one ID (the official check compares the number of unique *raw* IDs
+  found in the mapping with the number of unique mapped values), the counts of each duplicated ID are summed and
+  the summed columns are placed *after* all non-duplicated genes, in order of first appearance.
+* **T5** value = ``count * (1 / n_counts) * 10000 * (1 / median)`` evaluated with numpy type promotion, exactly the
+  operation scipy performs for the official ``X / n_counts * target_sum / norm_factor_vector`` on a sparse matrix
+  (scipy divides by multiplying with the reciprocal). ``float32`` counts with ``int64`` ``n_counts`` give float64.
+* **T6/T8** genes with a non-zero value, sorted by value, highest first; truncated to the input size (V2: minus
+  two, then ``<cls>`` … ``<eos>`` added).
+
+Differences from the official code (defects fixed, documented):
+
+* **Ties (T7).** The official ``np.argsort`` is not stable, so exactly tied values come out in an order that
+  depends on the numpy build and CPU. Here ties are broken deterministically by the gene's column position
+  (the order after T3), i.e. the order a stable sort gives. Untied values (every cell of the shared fixtures)
+  give identical tokens.
+* **Explicit zeros** stored in a sparse matrix are not genes: the official code ranks them last as tokens of
+  value 0; here they are dropped.
+* **Empty cells** (no gene of the vocabulary) are dropped by the official code; here they keep their place, get
+  length 0 and are reported as invalid.
+* ``obs['filter_pass']`` is not used to drop cells (select cells on the AnnData instead).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..._io.safe import load_pickle
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from .._base import CellData
+
+__all__ = [
+    "GeneformerDictionaries",
+    "GenePlan",
+    "TokenizedCells",
+    "load_dictionaries",
+    "build_gene_plan",
+    "tokenize",
+    "iter_tokenized",
+    "tokenize_block",
+]
+
+TARGET_SUM = 10_000
+_INPUT_SIZE = {"V1": 2048, "V2": 4096}
+# Dictionary file stems and the suffix of each generation. Upstream renamed gc95M -> gc104M (same content).
+_SUFFIXES = {"V1": ("gc30M",), "V2": ("gc104M", "gc95M")}
+_KINDS = {
+    "token": "token_dictionary_{s}.pkl",
+    "median": "gene_median_dictionary_{s}.pkl",
+    "mapping": "ensembl_mapping_dict_{s}.pkl",
+    "name_id": "gene_name_id_dict_{s}.pkl",
+}
+_ENSEMBL_LIKE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dictionaries
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class GeneformerDictionaries:
+    """The four pickled dictionaries of one Geneformer generation.
+
+    Attributes
+    ----------
+    version
+        ``"V1"`` (gc30M dictionaries, 2,048 genes, no special tokens) or ``"V2"`` (gc95M/gc104M, 4,096, ``<cls>``,
+        ``<eos>``).
+    token_dict
+        Ensembl ID (and special token) → token id.
+    median_dict
+        Ensembl ID → non-zero median of the gene in the pretraining corpus.
+    mapping_dict
+        Upper-case gene ID (and, V2, symbol) → Ensembl ID, restricted to values in ``token_dict`` (T2).
+    name_id_dict
+        Gene symbol → Ensembl ID (used when the data has no Ensembl IDs).
+    files
+        Path of each file that was read.
+    """
+
+    version: str
+    token_dict: dict[str, int]
+    median_dict: dict[str, float]
+    mapping_dict: dict[str, str]
+    name_id_dict: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def special_token(self) -> bool:
+        """Whether cells are framed by ``<cls>`` … ``<eos>`` (V2)."""
+        return "<cls>" in self.token_dict and "<eos>" in self.token_dict
+
+    @property
+    def model_input_size(self) -> int:
+        """Maximum number of tokens per cell, special tokens included."""
+        return _INPUT_SIZE[self.version]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_dict)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.token_dict.get("<pad>", 0))
+
+    @property
+    def cls_id(self) -> int | None:
+        v = self.token_dict.get("<cls>")
+        return None if v is None else int(v)
+
+    @property
+    def eos_id(self) -> int | None:
+        v = self.token_dict.get("<eos>")
+        return None if v is None else int(v)
+
+    def id_of_token(self) -> np.ndarray:
+        """Array mapping token id → key of the token dictionary (Ensembl ID or special token)."""
+        out = np.empty(max(int(v) for v in self.token_dict.values()) + 1, dtype=object)
+        for k, v in self.token_dict.items():
+            out[int(v)] = k
+        return out
+
+    def token_of(self, gene_id: str) -> int | None:
+        """Token of an Ensembl ID (mapped through the mapping dictionary, as the tokenizer does)."""
+        key = self.mapping_dict.get(str(gene_id).upper())
+        return None if key is None else int(self.token_dict[key])
+
+
+def _find_dictionary_sets(resources: Path) -> dict[str, dict[str, Path]]:
+    """Complete dictionary sets under ``resources`` (the folder itself and its sub-folders), per version."""
+    folders = [resources, *sorted(p for p in resources.rglob("*") if p.is_dir())]
+    found: dict[str, dict[str, Path]] = {}
+    for version, suffixes in _SUFFIXES.items():
+        for folder in folders:
+            for s in suffixes:
+                paths = {k: folder / pat.format(s=s) for k, pat in _KINDS.items()}
+                if all(paths[k].is_file() for k in ("token", "median", "mapping")):
+                    found.setdefault(version, paths)
+    return found
+
+
+def load_dictionaries(
+    resources: str | Path, *, version: str | None = None, vocab_size: int | None = None
+) -> GeneformerDictionaries:
+    """Load the Geneformer dictionaries from a folder.
+
+    Parameters
+    ----------
+    resources
+        Folder holding ``token_dictionary_gc30M.pkl``, ``gene_median_dictionary_gc30M.pkl``,
+        ``ensembl_mapping_dict_gc30M.pkl`` (+ ``gene_name_id_dict_gc30M.pkl``) for V1, or the ``gc95M`` / ``gc104M``
+        files for V2; sub-folders are searched too (the Hugging Face layout keeps V1 files in
+        ``gene_dictionaries_30m/``).
+    version
+        ``"V1"`` or ``"V2"``; default: the only set found, or the one whose vocabulary has ``vocab_size`` tokens.
+    vocab_size
+        Vocabulary size of the checkpoint, to pick the matching set when both are present.
+    """
+    resources = Path(resources).expanduser()
+    if not resources.is_dir():
+        raise FileNotFoundError(f"Geneformer resources folder {resources} does not exist.")
+    sets = _find_dictionary_sets(resources)
+    if not sets:
+        raise FileNotFoundError(
+            f"No Geneformer dictionaries in {resources}: expected token_dictionary_gc30M.pkl, "
+            "gene_median_dictionary_gc30M.pkl and ensembl_mapping_dict_gc30M.pkl (V1) or the *_gc95M.pkl / "
+            "*_gc104M.pkl files (V2), as published in the Hugging Face repository ctheodoris/Geneformer."
+        )
+    if version is not None:
+        version = version.upper()
+        if version not in sets:
+            raise FileNotFoundError(f"No {version} dictionaries in {resources} (found: {', '.join(sets)}).")
+        candidates = [version]
+    else:
+        candidates = list(sets)
+    loaded: list[GeneformerDictionaries] = []
+    for v in candidates:
+        paths = sets[v]
+        token = load_pickle(paths["token"])
+        if vocab_size is not None and len(token) != vocab_size and len(candidates) > 1:
+            continue
+        loaded.append(_assemble(v, paths, token))
+    if not loaded:
+        raise ValueError(
+            f"No dictionary set in {resources} has {vocab_size} tokens (the checkpoint's vocab_size); "
+            f"found {', '.join(sets)}."
+        )
+    if len(loaded) > 1:
+        raise ValueError(
+            f"{resources} holds both V1 and V2 dictionaries; pass version='V1' or 'V2' (or load with a checkpoint)."
+        )
+    return loaded[0]
+
+
+def _assemble(version: str, paths: dict[str, Path], token: dict) -> GeneformerDictionaries:
+    token_dict = {str(k): int(v) for k, v in token.items()}
+    median = {str(k): float(v) for k, v in load_pickle(paths["median"]).items()}
+    mapping_raw = load_pickle(paths["mapping"])
+    mapping = {str(k): str(v) for k, v in mapping_raw.items() if v in token_dict}
+    name_id: dict[str, str] = {}
+    files = {k: p for k, p in paths.items() if p.is_file()}
+    if paths["name_id"].is_file():
+        name_id = {str(k): str(v) for k, v in load_pickle(paths["name_id"]).items()}
+    return GeneformerDictionaries(version, token_dict, median, mapping, name_id, files)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gene plan: which columns of the user's matrix become which token
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class GenePlan:
+    """How the columns of a matrix become the ranked genes of the tokenizer.
+
+    ``slot`` = one column of the (collapsed) gene matrix the official code ranks. ``var_slot[j]`` is the slot of
+    input gene ``j`` (``-1``: not in the vocabulary); several genes share a slot when they were collapsed (T3).
+    """
+
+    n_vars: int
+    var_slot: np.ndarray
+    slot_token: np.ndarray
+    slot_recip_median: np.ndarray
+    collapsed: bool
+    gene_ids: np.ndarray
+    coverage: dict[str, Any]
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slot_token)
+
+    @property
+    def var_token(self) -> np.ndarray:
+        """Token of each input gene (``-1`` if not in the vocabulary)."""
+        out = np.full(self.n_vars, -1, dtype=np.int64)
+        ok = self.var_slot >= 0
+        out[ok] = self.slot_token[self.var_slot[ok]]
+        return out
+
+    def selector(self, dtype: Any) -> sp.csr_matrix | np.ndarray:
+        """Column selection (no collapse: an index array) or summing matrix ``[n_vars, n_slots]`` (collapse)."""
+        ok = np.flatnonzero(self.var_slot >= 0)
+        if not self.collapsed:
+            return ok[np.argsort(self.var_slot[ok], kind="stable")]
+        return sp.csr_matrix(
+            (np.ones(len(ok), dtype=dtype), (ok, self.var_slot[ok])), shape=(self.n_vars, self.n_slots)
+        )
+
+
+def _clean_str(values: Any) -> list[str]:
+    s = pd.Series(values, dtype=object)
+    return ["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in s]
+
+
+def map_symbols(symbols: Any, dicts: GeneformerDictionaries) -> tuple[list[str], int]:
+    """Map gene symbols to Ensembl IDs with the model's ``gene_name_id_dict``.
+
+    An exact match is used first, then a case-insensitive match when it is unique. Returns the IDs (``""`` where
+    none) and the number mapped.
+    """
+    name_id = dicts.name_id_dict
+    if not name_id:
+        raise FileNotFoundError(
+            "The data has gene symbols but no var['ensembl_id'] column, and the resources folder lacks the "
+            "gene_name_id_dict_*.pkl needed to map symbols; add that file or an 'ensembl_id' column."
+        )
+    upper: dict[str, set[str]] = {}
+    for k, v in name_id.items():
+        upper.setdefault(k.upper(), set()).add(v)
+    out: list[str] = []
+    n = 0
+    for sym in _clean_str(symbols):
+        eid = name_id.get(sym)
+        if eid is None:
+            cands = upper.get(sym.upper(), set())
+            eid = next(iter(cands)) if len(cands) == 1 else None
+        out.append(eid or "")
+        n += eid is not None
+    return out, n
+
+
+def build_gene_plan(
+    var: pd.DataFrame,
+    dicts: GeneformerDictionaries,
+    *,
+    gene_id_key: str | None = "ensembl_id",
+    species_check: bool = True,
+) -> GenePlan:
+    """Map the genes of ``var`` to tokens as the official tokenizer does (T2–T4).
+
+    Parameters
+    ----------
+    var
+        Gene annotations (index = ``var_names``).
+    dicts
+        The model's dictionaries.
+    gene_id_key
+        Column of ``var`` with Ensembl IDs. When absent (or ``None``), ``var_names`` are used if they are Ensembl
+        IDs, else they are treated as symbols and mapped with the model's ``gene_name_id_dict``.
+    species_check
+        Raise a clear error when the genes look like mouse genes (the models are human).
+    """
+    from ...pp._genes import detect_id_type, detect_species
+
+    names = _clean_str(var.index)
+    if gene_id_key is not None and gene_id_key in var.columns:
+        ids = _clean_str(var[gene_id_key])
+        source = f"var[{gene_id_key!r}]"
+        n_symbols_mapped = None
+    elif detect_id_type(names) == "ensembl":
+        ids = names
+        source = "var_names (Ensembl IDs)"
+        n_symbols_mapped = None
+    else:
+        if species_check and detect_species(names) == "mouse":
+            _raise_mouse()
+        ids, n_symbols_mapped = map_symbols(names, dicts)
+        source = f"var_names (symbols, mapped with gene_name_id_dict_{dicts.version})"
+    if species_check and detect_species([i for i in ids if i] or names) == "mouse":
+        _raise_mouse()
+
+    mapping = dicts.mapping_dict
+    # T3 check on the raw IDs (not upper-cased), as the official code does
+    in_map = [g for g in ids if g in mapping]
+    needs_collapse = len(set(in_map)) != len({mapping[g] for g in in_map})
+    mapped = [mapping.get(g.upper()) for g in ids]  # T2: upper-cased lookup
+    n_vars = len(ids)
+    var_slot = np.full(n_vars, -1, dtype=np.int64)
+    slot_ids: list[str] = []
+    if not needs_collapse:
+        for j, m in enumerate(mapped):
+            if m is not None:
+                var_slot[j] = len(slot_ids)
+                slot_ids.append(m)
+    else:
+        counts = Counter(m for m in mapped if m is not None)
+        dups = [g for g, c in counts.items() if c > 1]  # first-appearance order
+        for j, m in enumerate(mapped):
+            if m is not None and counts[m] == 1:
+                var_slot[j] = len(slot_ids)
+                slot_ids.append(m)
+        dup_slot = {}
+        for g in dups:
+            dup_slot[g] = len(slot_ids)
+            slot_ids.append(g)
+        for j, m in enumerate(mapped):
+            if m is not None and counts[m] > 1:
+                var_slot[j] = dup_slot[m]
+    missing_median = [g for g in slot_ids if g not in dicts.median_dict]
+    if missing_median:
+        raise ValueError(f"{len(missing_median)} tokens have no median in the median dictionary "
+                         f"(e.g. {missing_median[0]}); the dictionaries do not belong together.")
+    slot_token = np.array([dicts.token_dict[g] for g in slot_ids], dtype=np.int64)
+    med = np.array([dicts.median_dict[g] for g in slot_ids], dtype=np.float64)
+    recip = np.divide(1, med) if len(med) else med
+    n_in_vocab = int((var_slot >= 0).sum())
+    coverage: dict[str, Any] = {
+        "gene_ids_from": source,
+        "n_genes": n_vars,
+        "n_genes_in_vocabulary": n_in_vocab,
+        "fraction_genes_in_vocabulary": float(n_in_vocab / n_vars) if n_vars else 0.0,
+        "n_tokens": len(set(slot_ids)),
+        "vocabulary_size": dicts.vocab_size,
+        "duplicate_ids_collapsed": int(n_in_vocab - len(slot_ids)) if needs_collapse else 0,
+    }
+    if n_symbols_mapped is not None:
+        coverage["n_symbols_mapped_to_ensembl"] = int(n_symbols_mapped)
+    return GenePlan(n_vars, var_slot, slot_token, recip, needs_collapse, np.asarray(ids, dtype=object), coverage)
+
+
+def _raise_mouse() -> None:
+    raise ValueError(
+        "The genes look like mouse genes (Ensembl ENSMUSG… IDs or Title-case symbols such as 'Actb'), but "
+        "Geneformer is a human model. Convert them to their human orthologs first with "
+        "`scfm.pp.convert_orthologs(adata, ...)`."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenization
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class TokenizedCells:
+    """Token sequences of many cells, concatenated.
+
+    Cell ``i`` is ``input_ids[offsets[i]:offsets[i + 1]]``; ``lengths = diff(offsets)`` counts special tokens.
+    ``n_ranked`` is the number of genes ranked before truncation. A cell of length 0 had no gene of the
+    vocabulary.
+    """
+
+    input_ids: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.offsets) - 1
+
+    def __len__(self) -> int:
+        return self.n_cells
+
+    def cell(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def to_list(self) -> list[np.ndarray]:
+        return [self.cell(i) for i in range(self.n_cells)]
+
+    @staticmethod
+    def concat(parts: list[TokenizedCells]) -> TokenizedCells:
+        if not parts:
+            return TokenizedCells(np.zeros(0, np.int32), np.zeros(1, np.int64))
+        ids = np.concatenate([p.input_ids for p in parts])
+        lens = np.concatenate([p.lengths for p in parts])
+        return TokenizedCells(ids, np.r_[0, np.cumsum(lens)].astype(np.int64))
+
+
+def _segmented_desc_order(values: np.ndarray, indptr: np.ndarray, n_threads: int = 2) -> np.ndarray:
+    """Order sorting each CSR row segment by value, highest first; ties keep their position (stable).
+
+    Rows are grouped by length and sorted as padded 2-D blocks with numpy's (SIMD) quicksort, in threads
+    (numpy releases the GIL while sorting). Exact ties, where quicksort's order is arbitrary, are then put in
+    position order, so the result equals a stable descending sort.
+    """
+    n_rows = len(indptr) - 1
+    nnz = np.diff(indptr)
+    order = np.empty(len(values), dtype=np.int64)
+    if len(values) == 0:
+        return order
+    by_len = np.argsort(nnz, kind="stable")  # similar lengths together: little padding
+    blocks = [by_len[i : i + 256] for i in range(0, n_rows, 256)]
+
+    def run(rows: np.ndarray) -> None:
+        lens = nnz[rows]
+        width = int(lens.max()) if len(lens) else 0
+        if width == 0:
+            return
+        starts = indptr[rows]
+        col = np.arange(width)
+        inside = col[None, :] < lens[:, None]
+        src = (starts[:, None] + col[None, :])[inside]
+        mat = np.full((len(rows), width), np.inf)
+        mat[inside] = -values[src]
+        o = np.argsort(mat, axis=1)
+        order[src] = (starts[:, None] + o)[inside]
+
+    if n_threads > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(n_threads) as ex:
+            list(ex.map(run, blocks))
+    else:
+        for b in blocks:
+            run(b)
+    # repair exact ties: within each run of equal values of a row, restore position order
+    sv = values[order]
+    row_of = np.repeat(np.arange(n_rows), nnz)
+    eq = (sv[1:] == sv[:-1]) & (row_of[1:] == row_of[:-1])
+    if eq.any():
+        tie = np.zeros(len(values), dtype=bool)
+        tie[1:] |= eq
+        tie[:-1] |= eq
+        idx = np.flatnonzero(tie)
+        run_id = np.cumsum(np.r_[True, ~eq])[idx]  # same id for consecutive equal entries
+        perm = np.lexsort((order[idx], run_id))
+        order[idx] = order[idx][perm]
+    return order
+
+
+def tokenize_block(
+    X: Any,
+    n_counts: np.ndarray,
+    plan: GenePlan,
+    *,
+    model_input_size: int,
+    cls_id: int | None = None,
+    eos_id: int | None = None,
+    n_threads: int = 2,
+) -> tuple[TokenizedCells, np.ndarray]:
+    """Tokenize a block of cells (CSR, all genes of ``plan``).
+
+    Returns the tokens and the number of ranked genes per cell (before truncation).
+    """
+    X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
+    sel = plan.selector(X.dtype if X.dtype.kind == "f" else np.float64)
+    Y = X[:, sel] if isinstance(sel, np.ndarray) else sp.csr_matrix(X @ sel)
+    Y.sum_duplicates()  # canonical: sorted column indices, no duplicates
+    n = len(n_counts)
+    nnz_row = np.diff(Y.indptr)
+    rows = np.repeat(np.arange(n), nnz_row)
+    recip_n = np.divide(1, np.asarray(n_counts))  # T5: scipy multiplies by the reciprocal
+    v = Y.data * recip_n[rows]
+    v = v * TARGET_SUM
+    v = v * plan.slot_recip_median[Y.indices]
+    keep = v != 0  # explicit zeros are not expressed genes
+    if not keep.all():
+        rows, v, cols = rows[keep], v[keep], Y.indices[keep]
+        nnz_row = np.bincount(rows, minlength=n)
+    else:
+        cols = Y.indices
+    indptr = np.r_[0, np.cumsum(nnz_row)].astype(np.int64)
+    order = _segmented_desc_order(v, indptr, n_threads=n_threads)
+    special = cls_id is not None and eos_id is not None
+    max_genes = model_input_size - 2 if special else model_input_size
+    n_keep = np.minimum(nnz_row, max_genes)
+    pos = np.arange(len(order)) - indptr[rows]
+    take = pos < n_keep[rows]
+    tokens = plan.slot_token[cols[order[take]]].astype(np.int32)
+    if not special:
+        lens = n_keep
+        return TokenizedCells(tokens, np.r_[0, np.cumsum(lens)].astype(np.int64)), nnz_row
+    lens = np.where(n_keep > 0, n_keep + 2, 0)
+    offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    has = n_keep > 0
+    out[offsets[:-1][has]] = cls_id
+    out[offsets[1:][has] - 1] = eos_id
+    gene_pos = np.repeat(offsets[:-1] + 1, n_keep) + (np.arange(len(tokens)) - np.repeat(np.r_[0, np.cumsum(n_keep)[:-1]], n_keep))
+    out[gene_pos] = tokens
+    return TokenizedCells(out, offsets), nnz_row
+
+
+def _n_counts(obs: pd.DataFrame, sl: slice, block: sp.csr_matrix, key: str | None) -> np.ndarray:
+    if key is not None and key in obs.columns:
+        col = obs[key].iloc[sl]
+        arr = np.asarray(col.to_numpy())
+        if arr.dtype.kind not in "iuf":
+            arr = arr.astype(np.float64)
+        return arr
+    tot = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+    return tot.astype(np.int64) if np.all(tot == np.round(tot)) else tot
+
+
+def iter_tokenized(
+    data: CellData | AnnData,
+    plan: GenePlan,
+    dicts: GeneformerDictionaries,
+    *,
+    n_counts_key: str | None = "n_counts",
+    model_input_size: int | None = None,
+    chunk_size: int | None = None,
+    validate: bool = True,
+    where: str | None = None,
+    n_threads: int = 2,
+) -> Iterator[tuple[slice, TokenizedCells, np.ndarray]]:
+    """Tokenize chunk by chunk: yields ``(cells slice, tokens, n_ranked)``; memory does not grow with cells."""
+    from ...pp._counts import validate_counts_block
+
+    cd = _as_celldata(data)
+    size = model_input_size or dicts.model_input_size
+    cls_id, eos_id = (dicts.cls_id, dicts.eos_id) if dicts.special_token else (None, None)
+    obs = cd.obs
+    for sl, block in cd.chunks(chunk_size):
+        if validate:
+            validate_counts_block(block, where=where or f"adata.{cd.source}")
+        n_counts = _n_counts(obs, sl, block, n_counts_key)
+        expressed = np.diff(block.indptr) > 0
+        bad = expressed & ~(np.isfinite(n_counts.astype(np.float64)) & (n_counts > 0))
+        if bad.any():
+            raise ValueError(
+                f"obs[{n_counts_key!r}] is not a positive number for {int(bad.sum())} cells that have counts "
+                f"(e.g. {cd.obs_names[sl][bad][0]!r}); fix or delete the column (scfm then uses the row sums)."
+            )
+        toks, n_ranked = tokenize_block(
+            block, n_counts, plan, model_input_size=size, cls_id=cls_id, eos_id=eos_id, n_threads=n_threads
+        )
+        yield sl, toks, n_ranked
+
+
+def _as_celldata(data: Any) -> CellData:
+    from .._base import CellData
+
+    if isinstance(data, CellData):
+        return data
+    return CellData(data)
+
+
+def tokenize(
+    data: CellData | AnnData,
+    model_or_dicts: Any,
+    *,
+    gene_id_key: str | None = "ensembl_id",
+    n_counts_key: str | None = "n_counts",
+    model_input_size: int | None = None,
+    chunk_size: int | None = None,
+    validate: bool = True,
+) -> TokenizedCells:
+    """Rank-value encode all cells of an AnnData as Geneformer's official tokenizer does.
+
+    Parameters
+    ----------
+    data
+        AnnData (in memory or backed) or :class:`~scfm.models.CellData` with raw counts.
+    model_or_dicts
+        A loaded :class:`GeneformerModel`, :class:`GeneformerDictionaries`, or a resources folder.
+    gene_id_key
+        ``var`` column with Ensembl IDs; without it, ``var_names`` are used (Ensembl IDs, or symbols mapped
+        with the model's ``gene_name_id_dict``).
+    n_counts_key
+        ``obs`` column with each cell's total counts (used as given); absent: the row sums over all genes.
+    model_input_size
+        Override the input size (default 2,048 for V1, 4,096 for V2, special tokens included).
+    chunk_size
+        Cells per chunk (default: the ``CellData`` chunk size).
+    validate
+        Check that the matrix holds raw counts.
+
+    Returns
+    -------
+    :class:`TokenizedCells`, cells in the data's order (``input_ids``, ``offsets``, ``lengths``).
+    """
+    dicts = _dicts_of(model_or_dicts)
+    cd = _as_celldata(data)
+    plan = build_gene_plan(cd.var, dicts, gene_id_key=gene_id_key)
+    parts = [
+        t
+        for _, t, _ in iter_tokenized(
+            cd, plan, dicts, n_counts_key=n_counts_key, model_input_size=model_input_size,
+            chunk_size=chunk_size, validate=validate,
+        )
+    ]
+    return TokenizedCells.concat(parts)
+
+
+def _dicts_of(obj: Any) -> GeneformerDictionaries:
+    if isinstance(obj, GeneformerDictionaries):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return load_dictionaries(obj)
+    d = getattr(obj, "dictionaries", None)
+    if isinstance(d, GeneformerDictionaries):
+        return d
+    raise TypeError("Pass a GeneformerModel, GeneformerDictionaries or the folder holding the dictionaries.")
