@@ -98,7 +98,9 @@ def write_results(
         if tuple(v.shape) != (adata.n_vars, adata.n_vars):
             raise ValueError(f"Internal error: varp[{k!r}] has shape {v.shape}.")
     if Key.uns.root in adata.uns and not isinstance(adata.uns[Key.uns.root], Mapping):
-        raise TypeError(f"adata.uns[{Key.uns.root!r}] exists and is not a dict; rename it to let scfm record provenance.")
+        raise TypeError(
+            f"adata.uns[{Key.uns.root!r}] exists and is not a dict; rename it to let scfm record provenance."
+        )
 
     slots: list[str] = [f"obsm[{k!r}]" for k in obsm] + [f"obs[{k!r}]" for k in obs]
     slots += [f"varm[{k!r}]" for k in varm] + [f"varp[{k!r}]" for k in varp]
@@ -141,4 +143,6 @@ def get_provenance(adata: AnnData, key: str) -> dict[str, Any]:
     try:
         return dict(adata.uns[Key.uns.root][key])
     except KeyError:
-        raise KeyError(f"No scfm result under key {key!r}; written keys: {list(adata.uns.get(Key.uns.root, {}))}") from None
+        raise KeyError(
+            f"No scfm result under key {key!r}; written keys: {list(adata.uns.get(Key.uns.root, {}))}"
+        ) from None

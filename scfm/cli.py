@@ -26,7 +26,7 @@ def _try_foundation_model(names: tuple[str, ...]):
             continue
         try:
             return scfm.models.load(name), reasons
-        except Exception as e:  # noqa: BLE001 - any failure means: fall back, and say why
+        except Exception as e:
             reasons.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     return None, reasons
 
@@ -91,8 +91,10 @@ def demo(out: str | Path = "scfm_demo", model: str | None = None, baselines_only
     scfm.pl.embeddings(adata, keys=used, color="leiden", save=str(fig_path), show=False)
     del adata.uns["demo"], adata.obsp["demo_distances"], adata.obsp["demo_connectivities"]
     adata.write_h5ad(out / "pbmc200_scfm.h5ad")
-    print(f"[scfm demo] embeddings: {', '.join(used)}; figure: {fig_path}; data: {out / 'pbmc200_scfm.h5ad'} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"[scfm demo] embeddings: {', '.join(used)}; figure: {fig_path}; data: {out / 'pbmc200_scfm.h5ad'} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     return fig_path
 
 

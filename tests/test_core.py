@@ -43,8 +43,11 @@ def small_counts() -> ad.AnnData:
     rng = np.random.default_rng(0)
     X = rng.negative_binomial(2, 0.3, size=(60, 300)).astype(np.float32)
     X[:, :20] *= rng.integers(0, 8, size=(60, 1))  # some structure
-    return ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(60)]),
-                      var=pd.DataFrame(index=[f"G{i}" for i in range(300)]))
+    return ad.AnnData(
+        sp.csr_matrix(X),
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(60)]),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(300)]),
+    )
 
 
 def test_pca_writes_embedding_and_provenance_only(pbmc200):
@@ -208,3 +211,12 @@ def test_settings_and_device():
     with pytest.raises(ValueError, match="precision"):
         check_precision("int3")
     assert "cachedir" in repr(scfm.settings)
+
+
+def test_scvi_baseline(small_counts):
+    pytest.importorskip("scvi", reason="the scvi baseline needs scvi-tools: pip install 'scfm[scvi]'")
+    before = _snapshot(small_counts)
+    out = scfm.tl.embed(small_counts, "scvi", max_epochs=2, n_latent=4, copy=True)
+    _assert_same(before, _snapshot(small_counts))  # scvi's setup_anndata never sees the user's object
+    assert out.obsm["X_scvi"].shape == (60, 4) and np.isfinite(out.obsm["X_scvi"]).all()
+    assert set(out.uns) == {"scfm"} and list(out.obs.columns) == []

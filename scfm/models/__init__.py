@@ -65,7 +65,7 @@ def _ensure_registered() -> None:
 _builtin_list = list
 
 
-def list(family: str | None = None, modality: str | None = None) -> pd.DataFrame:  # noqa: A001
+def list(family: str | None = None, modality: str | None = None) -> pd.DataFrame:
     """All registered models, one row per release.
 
     Parameters

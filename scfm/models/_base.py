@@ -164,8 +164,16 @@ class FoundationModel:
     family: str = "model"
     modality: str = "rna"
 
-    def __init__(self, *, name: str | None = None, version: str = "", entry: ModelEntry | None = None,
-                 files: dict[str, str] | None = None, device: str | None = None, random_weights: bool = False):
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        version: str = "",
+        entry: ModelEntry | None = None,
+        files: dict[str, str] | None = None,
+        device: str | None = None,
+        random_weights: bool = False,
+    ):
         self.name = name or (entry.name if entry is not None else self.family)
         self.version = version or (entry.version if entry is not None else "")
         self.entry = entry
@@ -182,7 +190,9 @@ class FoundationModel:
         """Gene embeddings aligned to ``data.var_names``."""
         raise NotImplementedError(f"{type(self).__name__} ({self.name}) does not compute gene embeddings.")
 
-    def perturb(self, data: CellData, genes: Any, *, batch_size: int, device: str, **options: Any) -> PerturbationResult:
+    def perturb(
+        self, data: CellData, genes: Any, *, batch_size: int, device: str, **options: Any
+    ) -> PerturbationResult:
         """In-silico perturbation of the given genes."""
         raise NotImplementedError(f"{type(self).__name__} ({self.name}) does not do in-silico perturbation.")
 

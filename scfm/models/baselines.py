@@ -194,7 +194,12 @@ class SCVIBaseline(FoundationModel):
             X=out,
             valid=valid,
             coverage={"n_genes": data.n_vars},
-            params={"n_latent": n_latent, "max_epochs": max_epochs or -1, "seed": seed, "scvi_version": scvi.__version__},
+            params={
+                "n_latent": n_latent,
+                "max_epochs": max_epochs or -1,
+                "seed": seed,
+                "scvi_version": scvi.__version__,
+            },
         )
 
 

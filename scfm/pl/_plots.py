@@ -83,16 +83,18 @@ def embeddings(
         raise KeyError(f"color={color!r} is not a column of adata.obs.")
     ncols = min(ncols, len(keys))
     nrows = int(np.ceil(len(keys) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols + (1.5 if color else 0), panel_size * nrows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size * ncols + (1.5 if color else 0), panel_size * nrows), squeeze=False
+    )
     hue = None if color is None else adata.obs[color]
     for ax, key in zip(axes.flat, keys, strict=False):
         xy = _umap_of(adata, key, n_neighbors=n_neighbors, seed=seed)
         df = pd.DataFrame({"UMAP1": xy[:, 0], "UMAP2": xy[:, 1]}, index=adata.obs_names)
         if hue is not None:
             df[color] = hue.values
-        sns.scatterplot(data=df, x="UMAP1", y="UMAP2", hue=color, s=8, linewidth=0, ax=ax,
-                        legend=ax is axes.flat[len(keys) - 1])
+        sns.scatterplot(
+            data=df, x="UMAP1", y="UMAP2", hue=color, s=8, linewidth=0, ax=ax, legend=ax is axes.flat[len(keys) - 1]
+        )
         prov = prov_all.get(key, {})
         title = f"{key}\n{prov.get('model', '')}"
         if prov.get("random_weights"):
@@ -100,7 +102,7 @@ def embeddings(
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     if color is not None and axes.flat[len(keys) - 1].get_legend() is not None:
         sns.move_legend(axes.flat[len(keys) - 1], "center left", bbox_to_anchor=(1, 0.5), fontsize=7, title=color)
@@ -149,8 +151,13 @@ def perturbation(
     table = adata.obsm[key]
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"adata.obsm[{key!r}] is not a perturbation table (DataFrame).")
-    long = (1 - table).rename_axis("cell").reset_index().melt(id_vars="cell", var_name="perturbation",
-                                                               value_name="shift").dropna()
+    long = (
+        (1 - table)
+        .rename_axis("cell")
+        .reset_index()
+        .melt(id_vars="cell", var_name="perturbation", value_name="shift")
+        .dropna()
+    )
     if long.empty:
         raise ValueError(f"adata.obsm[{key!r}] has no perturbed cells.")
     hue = None

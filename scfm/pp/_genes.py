@@ -459,11 +459,9 @@ def map_gene_ids(
     if copy:
         adata = adata.copy()
     adata.var[key] = pd.Series(ids, index=adata.var.index, dtype=object)
-    logg.info(
-        "    finished",
-        time=start,
-        deep=f"added\n    {key!r}, {'Ensembl ID' if to == 'ensembl' else 'symbol'} of each gene (adata.var)\n" + _format_report(report, what=source),
-    )
+    kind = "Ensembl ID" if to == "ensembl" else "symbol"
+    deep = f"added\n    {key!r}, {kind} of each gene (adata.var)\n" + _format_report(report, what=source)
+    logg.info("    finished", time=start, deep=deep)
     if report["fraction_mapped"] < 0.5:
         logg.warning(
             f"only {100 * report['fraction_mapped']:.1f}% of the genes were mapped: check `species=`, `to=`, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 from .. import logging as logg
@@ -88,8 +87,10 @@ def embed(
     obs: dict[str, Any] = {}
     if not valid.all():
         obs[Key.obs.mask(key)] = valid
-        logg.warning(f"{(~valid).sum()} of {adata.n_obs} cells could not be embedded by {m.name}: NaN rows, "
-                     f"see adata.obs[{Key.obs.mask(key)!r}].")
+        logg.warning(
+            f"{(~valid).sum()} of {adata.n_obs} cells could not be embedded by {m.name}: NaN rows, "
+            f"see adata.obs[{Key.obs.mask(key)!r}]."
+        )
     prov = {
         **m.provenance(),
         "function": "scfm.tl.embed",
@@ -144,10 +145,12 @@ def gene_embeddings(
     m = resolve(model, device=device)
     adata = _start_copy(adata, copy)
     key = key_added or Key.varm.gene_embedding(m.family)
-    data = CellData(adata, layer=layer, use_raw=use_raw, chunk_size=settings.chunk_size)
     if use_raw:
-        raise ValueError("Gene embeddings are written to adata.varm, which is aligned to adata.var; use_raw=True "
-                         "would not align. Pass a layer or X with the same genes.")
+        raise ValueError(
+            "Gene embeddings are written to adata.varm, which is aligned to adata.var; use_raw=True "
+            "would not align. Pass a layer or X with the same genes."
+        )
+    data = CellData(adata, layer=layer, use_raw=use_raw, chunk_size=settings.chunk_size)
     bs = int(batch_size or settings.batch_size)
     dev = _device_str(device if device is not None else m.device)
     start = logg.info(f"computing {m.family} gene embeddings ({m.name})")
@@ -167,7 +170,3 @@ def gene_embeddings(
     }
     write_results(adata, key, provenance=prov, varm={key: X}, start=start, what="gene embedding")
     return adata if copy else None
-
-
-def _as_frame(X: np.ndarray, index: pd.Index) -> pd.DataFrame:
-    return pd.DataFrame(X, index=index)

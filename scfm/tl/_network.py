@@ -81,7 +81,11 @@ def gene_similarity(
     adata = adata.copy() if copy else adata
     key = key_added or Key.varp.gene_similarity(use_rep)
     start = logg.info(f"computing gene similarity network from varm[{use_rep!r}]")
-    prov = {"function": "scfm.tl.gene_similarity", "params": {"use_rep": use_rep, "top_k": top_k,
-            "min_similarity": min_similarity}, "n_genes": int(ok.sum()), "n_edges": int(full.nnz // 2)}
+    prov = {
+        "function": "scfm.tl.gene_similarity",
+        "params": {"use_rep": use_rep, "top_k": top_k, "min_similarity": min_similarity},
+        "n_genes": int(ok.sum()),
+        "n_edges": int(full.nnz // 2),
+    }
     write_results(adata, key, provenance=prov, varp={key: full}, start=start, what="gene network")
     return adata if copy else None

@@ -90,8 +90,14 @@ def in_silico_perturb(
         **m.provenance(),
         "function": "scfm.tl.in_silico_perturb",
         "input": data.source,
-        "params": {"genes": gene_list, "perturbation": perturbation, "combine": combine, "batch_size": bs,
-                   "device": dev, **res.params},
+        "params": {
+            "genes": gene_list,
+            "perturbation": perturbation,
+            "combine": combine,
+            "batch_size": bs,
+            "device": dev,
+            **res.params,
+        },
         "coverage": res.coverage,
         "n_cells": adata.n_obs,
     }

@@ -81,8 +81,8 @@ __all__ = [
 KINDS = ("delete", "overexpress", "inhibit", "activate")
 POOLINGS = ("mean", "cls")
 
-#: ``forward(input_ids, attention_mask) -> hidden states`` of one padded batch: ``input_ids`` and
-#: ``attention_mask`` are int64 ``[B, L]`` tensors (right-padded), the result is ``[B, L, H]`` (any float dtype).
+#: ``forward(input_ids, lengths) -> hidden states`` of one padded batch: ``input_ids`` is an int64 ``[B, L]``
+#: tensor (right-padded), ``lengths`` an int64 ``[B]`` tensor; the result is ``[B, L, H]`` (any float dtype).
 ForwardFn = Callable[[Any, Any], Any]
 
 
@@ -248,28 +248,18 @@ def perturb_cell(
 
 
 # ---- forward passes --------------------------------------------------------------------------------------
-def _pad(seqs: Sequence[np.ndarray], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
 def _hidden(forward: ForwardFn, seqs: Sequence[np.ndarray], spec: TokenSpec, batch_size: int) -> list[Any]:
     """Hidden states of each sequence (``[len, H]`` float32 tensors), right-padded forward passes."""
     import torch
+
+    from ._network import pad_batch
 
     out: list[Any] = [None] * len(seqs)
     order = np.argsort([-len(s) for s in seqs], kind="stable")
     for b in range(0, len(order), batch_size):
         sel = order[b : b + batch_size]
-        ids, mask = _pad([seqs[i] for i in sel], spec.pad_id)
-        states = forward(ids, mask)
+        ids, lengths = pad_batch([seqs[i] for i in sel], spec.pad_id)
+        states = forward(ids, lengths)
         states = states.detach().to(device="cpu", dtype=torch.float32)
         for row, i in enumerate(sel):
             out[i] = states[row, : len(seqs[i])]
@@ -278,7 +268,11 @@ def _hidden(forward: ForwardFn, seqs: Sequence[np.ndarray], spec: TokenSpec, bat
 
 @dataclass
 class IspValues:
-    """Raw results of :func:`compute_isp` (cells in the order they were given)."""
+    """Raw results of :func:`compute_isp` (cells in the order they were given).
+
+    ``orig_emb`` holds the pooled embedding of each unperturbed cell, ``pair_orig_emb`` / ``pert_emb`` those of
+    the two inputs of each (cell, perturbation) pair (the original may be shortened by the overflow rule).
+    """
 
     cos: np.ndarray
     perturbed: np.ndarray
@@ -287,6 +281,7 @@ class IspValues:
     gene_tokens: list[np.ndarray] = field(default_factory=list)
     gene_cos: list[np.ndarray] = field(default_factory=list)
     orig_emb: np.ndarray | None = None
+    pair_orig_emb: np.ndarray | None = None
     pert_emb: np.ndarray | None = None
     lengths: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -367,6 +362,7 @@ def compute_isp(
     g_tok: list[list[np.ndarray]] = [[] for _ in range(n_pert)]
     g_cos: list[list[np.ndarray]] = [[] for _ in range(n_pert)]
     orig_emb: np.ndarray | None = None
+    pair_emb: np.ndarray | None = None
     pert_emb: np.ndarray | None = None
 
     order = np.argsort([-len(c) for c in cells], kind="stable")
@@ -382,6 +378,7 @@ def compute_isp(
             h = base_states[0].shape[-1]
             if orig_emb is None:
                 orig_emb = np.full((n_cells, h), np.nan, dtype=np.float32)
+                pair_emb = np.full((n_cells, n_pert, h), np.nan, dtype=np.float32)
                 pert_emb = np.full((n_cells, n_pert, h), np.nan, dtype=np.float32)
             for r, i in enumerate(sel):
                 orig_emb[i] = _pool(base_states[r], len(base[r]), pooling, spec).numpy()
@@ -397,7 +394,7 @@ def compute_isp(
             pert_states = _hidden(forward, [pc.pert for _, _, pc in built], spec, bs)
             cut = [k for k, (r, _, pc) in enumerate(built) if len(pc.orig) != len(base[r])]
             cut_states = _hidden(forward, [built[k][2].orig for k in cut], spec, bs) if cut else []
-            cut_map = dict(zip(cut, cut_states))
+            cut_map = dict(zip(cut, cut_states, strict=True))
             for k, (r, i, pc) in enumerate(built):
                 o_states = cut_map.get(k, base_states[r])
                 p_states = pert_states[k]
@@ -419,9 +416,10 @@ def compute_isp(
                     g_cos[p].append(gene_cos.numpy().astype(np.float32))
                 if keep_embeddings:
                     pert_emb[i, p] = _pool(p_states, len(pc.pert), pooling, spec).numpy()
+                    pair_emb[i, p] = _pool(o_states, len(pc.orig), pooling, spec).numpy()
     if gene_shifts:
         res.gene_cells = [np.concatenate(x) if x else np.zeros(0, np.int64) for x in g_cells]
         res.gene_tokens = [np.concatenate(x) if x else np.zeros(0, np.int64) for x in g_tok]
         res.gene_cos = [np.concatenate(x) if x else np.zeros(0, np.float32) for x in g_cos]
-    res.orig_emb, res.pert_emb = orig_emb, pert_emb
+    res.orig_emb, res.pair_orig_emb, res.pert_emb = orig_emb, pair_emb, pert_emb
     return res
