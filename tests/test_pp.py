@@ -158,6 +158,10 @@ def test_check_counts_backed(pbmc200, lognorm, tmp_path):
     backed = ad.read_h5ad(tmp_path / "counts.h5ad", backed="r")
     assert check_counts(backed, chunk_size=32) == "X"
     assert check_counts(backed, chunk_size=16, max_cells=50) == "X"
+
+    mapped = map_gene_ids(backed, copy=True)  # only .var is touched; the copy is in memory
+    assert not mapped.isbacked and (mapped.var["ensembl_id"] != "").mean() >= 0.8
+    assert "ensembl_id" not in backed.var
     backed.file.close()
 
     backed = ad.read_h5ad(tmp_path / "log.h5ad", backed="r")
@@ -176,21 +180,22 @@ def test_check_counts_exact_on_checked_rows(pbmc200):
         check_counts(a, max_cells=None, chunk_size=64)
     for n_obs, max_cells, chunk in [(1_000_000, 10_000, 10_000), (1000, 100, 7), (100, 1000, 30), (50, 3, 10)]:
         win = _windows(n_obs, max_cells, chunk)
-        assert win[0][0] == 0 and win[-1][1] == n_obs
-        assert all(a1 <= b0 for (_, a1), (b0, _) in zip(win[:-1], win[1:], strict=True))
+        assert win[0][0] == 0 and win[-1][1] == n_obs  # first and last cell are always checked
+        assert all(stop0 <= start1 for (_, stop0), (start1, _) in zip(win[:-1], win[1:], strict=True))
         covered = sum(stop - start for start, stop in win)
-        assert covered == (n_obs if n_obs <= max_cells else covered) and covered <= max(max_cells, n_obs)
-        if n_obs > max_cells:
-            assert covered <= max_cells
+        if n_obs <= max_cells:
+            assert covered == n_obs
+        else:
+            assert 0 < covered <= max_cells
 
 
 # ---- map_ids / map_gene_ids -----------------------------------------------------------------------------------
 
 
 def test_map_ids_rules_and_duplicates():
-    mapping = {"ACTB": "E1", "GAPDH": ["E2", "E9"], "Foo": "E3", "FOO": "E4", "ENSG1": "S1", "CD4": "E5"}
+    mapping = {"ACTB": "E1", "GAPDH": ["E2", "E9"], "Foo": "E3", "FOO": "E4", "ENSG00000000001": "S1", "CD4": "E5"}
     aliases = {"OLDNAME": "E6", "OLDCD4": "E5"}
-    names = ["ACTB", "actb", "Gapdh", "foo", "ENSG1.7", "oldname", "OLDCD4", "CD4", "NOPE"]
+    names = ["ACTB", "actb", "Gapdh", "foo", "ENSG00000000001.7", "oldname", "OLDCD4", "CD4", "NOPE"]
     ids, rep = map_ids(names, mapping, aliases=aliases)
     assert ids.tolist() == ["E1", "", "E2", "", "S1", "E6", "", "E5", ""]
     assert rep["n_genes"] == 9 and rep["n_mapped"] == 5 and rep["n_unmapped"] == 4
@@ -253,6 +258,12 @@ def test_map_gene_ids_copy_and_errors(pbmc200):
     assert isinstance(out, ad.AnnData) and "ens" in out.var
     _assert_unchanged(pbmc200, snap)
 
+    with pytest.raises(ValueError, match="`to` must be"):
+        map_gene_ids(pbmc200, to="entrez")
+    with pytest.raises(ValueError, match="`species` must be"):
+        map_gene_ids(pbmc200, species="rat")
+    _assert_unchanged(pbmc200, snap)
+
     odd = ad.AnnData(np.zeros((2, 3)), var=pd.DataFrame(index=["1", "2", "3"]))
     odd_snap = _snapshot(odd)
     with pytest.raises(ValueError, match="species="):
@@ -278,9 +289,8 @@ def test_map_gene_ids_user_table(tmp_path):
 
 
 def test_map_gene_ids_mouse(biomart):
-    one = biomart[biomart["mmusculus_homolog_orthology_type"] == "ortholog_one2one"]
     genes = ["Actb", "Gapdh", "Cd4", "Ptprc", "mt-Co1"]
-    truth = one.drop_duplicates("mmusculus_homolog_associated_gene_name").set_index(
+    truth = biomart.drop_duplicates("mmusculus_homolog_associated_gene_name").set_index(
         "mmusculus_homolog_associated_gene_name"
     )["mmusculus_homolog_ensembl_gene"]
     a = ad.AnnData(np.zeros((3, len(genes) + 1)), var=pd.DataFrame(index=[*genes, "NotAGene1"]))
@@ -373,7 +383,7 @@ def test_convert_orthologs_ensembl_backed_and_back(biomart, tmp_path):
 
 def test_convert_orthologs_user_table_and_copy_false():
     a = ad.AnnData(
-        sp.csr_matrix(np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.float32)),
+        sp.csr_matrix(np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.int32)),
         var=pd.DataFrame(index=["z1", "z2", "z3", "z4"]),
     )
     table = pd.DataFrame({"zebrafish": ["z1", "z2", "z3", "z4"], "human": ["H1", "H2", "H2", ""]})
@@ -382,6 +392,9 @@ def test_convert_orthologs_user_table_and_copy_false():
     out = convert_orthologs(a, source="zebrafish", target="human", table=table, one2one_only=False)
     assert list(out.var_names) == ["H1", "H2"]
     np.testing.assert_array_equal(out.X.toarray(), [[1, 5], [5, 13]])
+    assert out.X.dtype == np.int32  # integer counts stay integer
+    mean = convert_orthologs(a, source="zebrafish", target="human", table=table, one2one_only=False, aggregate="mean")
+    np.testing.assert_allclose(mean.X.toarray(), [[1, 2.5], [5, 6.5]])
     assert out.var["zebrafish_gene"].tolist() == ["z1", "z2,z3"]
     res = convert_orthologs(a, source="zebrafish", target="human", table=table, one2one_only=False, copy=False)
     assert res is None and list(a.var_names) == ["H1", "H2"]
@@ -397,13 +410,14 @@ def test_convert_orthologs_untouched_on_error(biomart, pbmc200):
         convert_orthologs(a, source="mouse", target="mouse")
     with pytest.raises(ValueError, match="not 'zebrafish'"):
         convert_orthologs(a, source="zebrafish")
-    with pytest.raises(ValueError, match="source="):  # mouse genes read as human: no ortholog found
+    with pytest.raises(ValueError, match="look like mouse genes"):
         convert_orthologs(a, source="human", target="mouse", copy=False)
+    with pytest.raises(ValueError, match="is a mouse symbol in the ortholog table"):
+        convert_orthologs(a[:, -1:].copy(), copy=False)  # only the fake gene
     _assert_unchanged(a, snap)
-    # human data given as mouse: almost nothing maps, the input stays as it was
     p = pbmc200[:, :50].copy()
     psnap = _snapshot(p)
-    with pytest.raises(ValueError, match="ortholog"):
+    with pytest.raises(ValueError, match=r"look like human genes .* Pass `source='human'`, `target='mouse'`"):
         convert_orthologs(p, copy=False)
     _assert_unchanged(p, psnap)
 
@@ -412,6 +426,7 @@ def test_default_tables_come_from_fetch(shared):
     """The built-in tables are fetched into the cache from the mirror (offline), then read from there."""
     from scfm.pp import _tables
 
-    path = _tables._fetch(_tables.ORTHOLOGS_HUMAN_MOUSE)
+    path = _tables._fetch(_tables.GENE_NAME_ID_DICT)
     assert path.is_file() and Path(scfm.settings.cachedir) in path.parents
     assert len(_tables.human_symbol_to_ensembl()) > 60_000
+    assert len(_tables.ortholog_table()) == 23_942

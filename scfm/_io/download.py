@@ -58,6 +58,7 @@ __all__ = [
     "fetch_entry_folders",
     "default_folder",
     "recorded_sha256",
+    "source_url",
 ]
 
 #: Attempts per download (network errors and truncated transfers are retried; HTTP 4xx and checksum errors not).
@@ -186,14 +187,26 @@ def _describe(file: RemoteFile) -> str:
 
 
 def _how_to_fetch_elsewhere(names: list[str] | None = None) -> str:
-    what = f"scfm.models.download({names[0]!r})" if names else "scfm.models.download(<name>) / the scfm.datasets loader"
+    what = f"scfm.models.download({names[0]!r})" if names else "the same scfm call"
     return (
-        "To fetch on a machine with internet access: run "
-        f"`{what}` there, then copy its cache folder (scfm.settings.cachedir, `$SCFM_HOME`) to this machine and "
-        "point `SCFM_HOME` at it; or copy the files into a folder laid out like the sources (`data/...`, "
-        "`resources/...`) and set `SCFM_MIRROR` to that folder (a copied scfm cache works as a mirror too). "
+        f"To fetch on a machine with internet access: run `{what}` there, copy its cache folder "
+        "(scfm.settings.cachedir, `$SCFM_HOME`) to this machine and point `SCFM_HOME` at the copy; or put the files "
+        "into a folder laid out like the sources, at the mirror paths listed, and set `SCFM_MIRROR` to it. "
         "Or switch offline mode off (`scfm.settings.offline = False`, unset `SCFM_OFFLINE`)."
     )
+
+
+def source_url(file: RemoteFile) -> str:
+    """Return the download URL of a file (for Hugging Face files, the hub's ``resolve`` URL)."""
+    if file.hf_repo:
+        name = urllib.parse.quote(file.hf_filename or file.filename)
+        return f"https://huggingface.co/{file.hf_repo}/resolve/{file.revision or 'main'}/{name}"
+    return file.url or "(no download source)"
+
+
+def _where(file: RemoteFile) -> str:
+    mirror = f"; mirror path: {file.mirror_path}" if file.mirror_path else ""
+    return f"{source_url(file)}{mirror}"
 
 
 def default_folder(file: RemoteFile) -> Path:
@@ -488,7 +501,9 @@ def fetch(file: RemoteFile, folder: str | os.PathLike | None = None, *, force: b
         Folder it is stored in (it lands at ``folder / file.filename``). Default: :func:`default_folder`, i.e. the
         mirror layout inside ``scfm.settings.cachedir``.
     force
-        Discard a cached copy and fetch the file again.
+        Discard a cached copy and fetch the file again. A hash recorded at the first download (files without a
+        published sha256) is kept and still enforced; delete the ``.<name>.scfm.json`` sidecar to accept a file
+        that changed upstream.
 
     Returns
     -------
@@ -525,7 +540,7 @@ def fetch(file: RemoteFile, folder: str | os.PathLike | None = None, *, force: b
         where = f" ({'; '.join(notes)})" if notes else ""
         raise OfflineError(
             f"scfm is offline (scfm.settings.offline / SCFM_OFFLINE) and {file.filename!r} is not in the cache "
-            f"({dest}) or the mirror{where}. Source: {file.source}. " + _how_to_fetch_elsewhere()
+            f"({dest}) or the mirror{where}. Source: {_where(file)}. " + _how_to_fetch_elsewhere()
         )
     if file.hf_repo:
         _download_hf(file, dest)
@@ -568,7 +583,7 @@ def fetch_entry(entry: ModelEntry, *, force: bool = False) -> dict[str, Path]:
         try:
             p = fetch(f, root / kind, force=force)
         except OfflineError:
-            missing.append(f"  - {kind}/{f.filename}: {f.source}")
+            missing.append(f"  - {kind}/{f.filename}: {_where(f)}")
             continue
         except ManualDownloadError:
             manual.append(f"  - {kind}/{f.filename} -> {root / kind / f.filename}")

@@ -145,7 +145,8 @@ def load(
     else:
         family = entry.family
         loader = get_loader(family)
-        if not entry.weights_free and (checkpoint is None or (resources is None and entry.resources)):
+        fetch_files = getattr(loader, "fetch_files", True)  # False: the loader fails before needing files
+        if fetch_files and not entry.weights_free and (checkpoint is None or (resources is None and entry.resources)):
             from .._io.download import fetch_entry_folders
 
             ckpt_dir, res_dir = fetch_entry_folders(entry)

@@ -129,12 +129,14 @@ def _problem(adata: Any, layer: str | None, use_raw: bool, max_cells: int | None
 
     data = CellData(adata, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
     where = "adata.raw.X" if use_raw else (f"adata.layers[{layer!r}]" if layer is not None else "adata.X")
+    if data._matrix() is None:
+        return f"{where} is None (no matrix)."
     for start, stop in _windows(data.n_obs, max_cells, chunk_size):
         try:
             validate_counts_block(data.rows(start, stop), where=where)
         except ValueError as err:
-            # The first sentence says what is wrong; the caller adds what to pass instead.
-            return str(err).split(" Foundation models need")[0]
+            # What is wrong, without the generic advice: the caller says what to pass instead.
+            return str(err).replace(" " + _WHAT_TO_PASS, "")
     return None
 
 
@@ -142,7 +144,7 @@ def _candidates(adata: Any) -> list[tuple[str | None, bool]]:
     """Every matrix of ``adata`` that could hold counts, most likely first."""
     layers = list(adata.layers.keys())
     ranked = sorted(layers, key=lambda k: (k != "counts", "count" not in k.lower() and "raw" not in k.lower()))
-    out: list[tuple[str | None, bool]] = [(None, False)]
+    out: list[tuple[str | None, bool]] = [(None, False)] if adata.X is not None else []
     out += [(k, False) for k in ranked]
     if adata.raw is not None:
         out.append((None, True))
@@ -223,5 +225,6 @@ def check_counts(
     loc, hint = _location(*found), _how_to_pass(*found)
     if explicit:
         raise ValueError(f"{problem} The raw counts are in adata.{loc}: pass {hint} instead.")
-    logg.warning(f"{problem.split(':')[0]}, but adata.{loc} holds raw counts: pass {hint} to scfm functions")
+    what = problem.split(":")[0].rstrip(".")
+    logg.warning(f"{what}, but adata.{loc} holds raw counts: pass {hint} to scfm functions")
     return loc

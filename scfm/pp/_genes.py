@@ -425,6 +425,10 @@ def map_gene_ids(
     with ``copy=True``, the modified copy. Writes ``adata.var['ensembl_id' | 'gene_symbol' | key_added]``:
     the ID of each gene, ``""`` where unmapped. The report is also logged.
     """
+    if to not in ("ensembl", "symbol"):
+        raise ValueError(f"`to` must be 'ensembl' or 'symbol', not {to!r}.")
+    if species not in (None, "human", "mouse"):
+        raise ValueError(f"`species` must be 'human' or 'mouse' (or a `table=` for others), not {species!r}.")
     if source_column is not None and source_column not in adata.var.columns:
         raise KeyError(
             f"`source_column={source_column!r}` is not a column of adata.var (columns: {list(adata.var.columns)})."
@@ -437,7 +441,10 @@ def map_gene_ids(
         mapping, aliases, source = _user_mapping(table), None, "user table"
         detected = species or "unknown"
     else:
-        detected = species or detect_species(names)
+        guess = detect_species(names)
+        if species is not None and guess not in ("unknown", species):
+            logg.warning(f"the gene names look like {guess} genes, but `species={species!r}`")
+        detected = species or guess
         if detected == "unknown":
             raise ValueError(
                 "Could not tell the species from the gene names (neither mostly human-style upper-case symbols / "
@@ -457,7 +464,7 @@ def map_gene_ids(
     report = {**report, "source": source, "species": detected, "to": to, "key_added": key}
 
     if copy:
-        adata = adata.copy()
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
     adata.var[key] = pd.Series(ids, index=adata.var.index, dtype=object)
     kind = "Ensembl ID" if to == "ensembl" else "symbol"
     deep = f"added\n    {key!r}, {kind} of each gene (adata.var)\n" + _format_report(report, what=source)

@@ -12,7 +12,7 @@ import pandas as pd
 from scfm import logging as logg
 from scfm._constants import Key
 
-from ._genes import detect_id_type, map_ids
+from ._genes import detect_id_type, detect_species, map_ids
 from ._tables import BIOMART_COLUMNS, BIOMART_CONFIDENCE, BIOMART_TYPE, ortholog_table
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def ortholog_pairs(
     return df[["source", "target"]].reset_index(drop=True), stats
 
 
-def _aggregation_matrix(gene_target: np.ndarray, targets: list[str], aggregate: str, dtype: np.dtype):
+def _aggregation_matrix(gene_target: np.ndarray, targets: list[str], aggregate: str):
     """Sparse genes × targets matrix: 1 where a gene feeds a target (1/k for the mean of k genes)."""
     import scipy.sparse as sp
 
@@ -124,16 +124,15 @@ def _aggregation_matrix(gene_target: np.ndarray, targets: list[str], aggregate: 
     cols = np.fromiter((col[t] for t in gene_target[rows]), dtype=np.int64, count=len(rows))
     weights = np.ones(len(rows), dtype=np.float64)
     if aggregate == "mean":
-        counts = np.bincount(cols, minlength=len(targets))
-        weights = 1.0 / counts[cols]
-    elif np.dtype(dtype).kind in "iub":
-        weights = weights.astype(dtype)
-    m = sp.csr_matrix((weights, (rows, cols)), shape=(len(gene_target), len(targets)))
-    return m
+        weights = 1.0 / np.bincount(cols, minlength=len(targets))[cols]
+    return sp.csr_matrix((weights, (rows, cols)), shape=(len(gene_target), len(targets)))
 
 
 def _convert_matrix(adata: AnnData, m, *, layer: str | None, mapped: np.ndarray, aggregate: str):
-    """Stream one matrix of ``adata`` through the aggregation matrix; returns (CSR, total, kept)."""
+    """Stream one matrix of ``adata`` through the aggregation matrix; returns (CSR, total, kept).
+
+    Sums keep the dtype of the data (integer counts stay integer); means are float32 unless the data are float64.
+    """
     import scipy.sparse as sp
 
     from scfm._settings import settings
@@ -144,17 +143,17 @@ def _convert_matrix(adata: AnnData, m, *, layer: str | None, mapped: np.ndarray,
     total = kept = 0.0
     mat = m
     for _, block in data.chunks():
-        if aggregate == "mean" and block.dtype.kind in "iub":
+        if block.dtype.kind == "b" or (aggregate == "mean" and block.dtype.kind != "f"):
             block = block.astype(np.float32)
         if mat.dtype != block.dtype:
-            mat = m.astype(np.result_type(block.dtype, m.dtype) if aggregate == "mean" else block.dtype)
+            mat = m.astype(block.dtype)
         out = sp.csr_matrix(block @ mat)
         out.eliminate_zeros()
         blocks.append(out)
         total += float(block.sum())
         kept += float(block[:, mapped].sum())
     if not blocks:
-        return sp.csr_matrix((0, m.shape[1]), dtype=m.dtype), 0.0, 0.0
+        return sp.csr_matrix((0, m.shape[1]), dtype=np.float32), 0.0, 0.0
     return sp.vstack(blocks, format="csr"), total, kept
 
 
@@ -234,6 +233,14 @@ def convert_orthologs(
     if id_type not in ("symbol", "ensembl"):
         raise ValueError(f"`id_type` must be 'symbol' or 'ensembl', not {id_type!r}.")
 
+    if table is None and source in ("human", "mouse"):
+        # Symbols of the two species differ mostly by case, which the case-insensitive match would paper over.
+        detected = detect_species(names)
+        if detected in ("human", "mouse") and detected != source:
+            raise ValueError(
+                f"The genes look like {detected} genes (e.g. {', '.join(names[:3])}), but `source={source!r}`. "
+                f"Pass `source={detected!r}`" + (f", `target={source!r}`." if target == detected else ".")
+            )
     start = logg.info(f"converting {source} genes to {target} orthologs")
     pairs, stats = ortholog_pairs(
         ortholog_table(table), source=source, target=target, id_type=id_type, one2one_only=one2one_only
@@ -253,8 +260,7 @@ def convert_orthologs(
         if t:
             sources_of[t].append(name)
 
-    x_dtype = np.dtype(getattr(adata.X, "dtype", np.float32))
-    m = _aggregation_matrix(gene_target, targets, aggregate, x_dtype)
+    m = _aggregation_matrix(gene_target, targets, aggregate)
     X, total, kept = _convert_matrix(adata, m, layer=None, mapped=mapped, aggregate=aggregate)
     layers = {
         k: _convert_matrix(adata, m, layer=k, mapped=mapped, aggregate=aggregate)[0] for k in adata.layers.keys()
@@ -270,7 +276,7 @@ def convert_orthologs(
         X=X,
         obs=adata.obs.copy(),
         var=var,
-        obsm={k: _copy.copy(v) for k, v in adata.obsm.items()},
+        obsm={k: v.copy() for k, v in adata.obsm.items()},
         obsp={k: v.copy() for k, v in adata.obsp.items()},
         layers=layers,
         uns=_copy.deepcopy(dict(adata.uns)),

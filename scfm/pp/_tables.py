@@ -18,7 +18,6 @@ from scfm.models._registry import RemoteFile
 __all__ = [
     "GENE_NAME_ID_DICT",
     "ENSEMBL_MAPPING_DICT",
-    "ORTHOLOGS_HUMAN_MOUSE",
     "BIOMART_COLUMNS",
     "human_symbol_to_ensembl",
     "human_aliases_to_ensembl",
@@ -44,12 +43,6 @@ ENSEMBL_MAPPING_DICT = RemoteFile(
     hf_filename="geneformer/ensembl_mapping_dict_gc104M.pkl",
     mirror_path="resources/geneformer/v2/ensembl_mapping_dict_gc95M.pkl",
 )
-# Ensembl BioMart human → mouse homologs (RHReynolds/MarkerGenes `data/mouse_to_human_orthologs.rda` as TSV).
-ORTHOLOGS_HUMAN_MOUSE = RemoteFile(
-    filename="human_mouse_ensembl_biomart.tsv",
-    mirror_path="data/orthologs/human_mouse_ensembl_biomart.tsv",
-)
-
 #: Column names of the BioMart human → mouse homolog table, by (species, id type).
 BIOMART_COLUMNS: dict[tuple[str, str], str] = {
     ("human", "ensembl"): "ensembl_gene_id",
@@ -108,23 +101,13 @@ def read_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path, sep=None, engine="python", dtype=str)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_tsv_cached(key: tuple[str, int, int]) -> pd.DataFrame:
-    return pd.read_csv(key[0], sep="\t", dtype=str)
-
-
 def ortholog_table(table: pd.DataFrame | str | os.PathLike | None = None) -> pd.DataFrame:
-    """Return ``table`` if given, else the BioMart human–mouse ortholog table (read once per session).
+    """Return ``table`` (a DataFrame or a path) if given, else the BioMart human–mouse ortholog table.
 
-    The returned frame must not be modified (it is shared between calls).
+    The default is :func:`scfm.datasets.orthologs_human_mouse` (cache, mirror, or a verified download).
     """
     if table is not None:
         return read_table(table)
-    try:
-        from scfm.datasets import orthologs_human_mouse
-    except ImportError:
-        return _read_tsv_cached(_key(_fetch(ORTHOLOGS_HUMAN_MOUSE)))
-    out = orthologs_human_mouse()
-    if isinstance(out, pd.DataFrame):
-        return out
-    return _read_tsv_cached(_key(Path(out)))
+    from scfm.datasets import orthologs_human_mouse
+
+    return orthologs_human_mouse()

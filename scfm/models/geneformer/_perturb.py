@@ -10,6 +10,7 @@ Inputs (per cell, the Geneformer model input: rank value encoding, V2 with ``<cl
 * **Which cells** (P2): ``delete`` (and ``inhibit`` / ``activate``) perturb only the cells whose model input
   contains *all* the perturbed genes; the other cells get NaN. ``overexpress`` perturbs every cell. A gene that
   is expressed but ranked beyond the model input size is not "in the cell" (it is not in the model input).
+  A gene that no cell has gives an all-NaN column, a warning and ``n_cells_expressing = 0`` in the summary.
 * **Perturbed index** (P3): the first occurrence of each gene token in the model input.
 * **delete** (P4): the gene tokens are removed (V2 keeps ``<cls>`` / ``<eos>``).
 * **overexpress** (P5): the genes are removed where present, then inserted, in the given order, at the front
@@ -21,7 +22,9 @@ Inputs (per cell, the Geneformer model input: rank value encoding, V2 with ``<cl
 * **inhibit / activate** (not available in the official release, where they are announced but refused): the
   rule of the official documentation is implemented. The cell's genes are split into rank quartiles; with
   ``rank_shift=s`` a gene in quartile *q* (1 = highest expressed) moves to the middle of quartile ``q - s``
-  (activate; to the front when ``q - s < 1``) or ``q + s`` (inhibit; to the end when ``q + s > 4``).
+  (activate; to the front when ``q - s < 1``) or ``q + s`` (inhibit; to the end when ``q + s > 4``); the
+  middle of quartile *t* of *G* genes is index ``floor((t - 0.5) * G / 4)`` among the cell's other genes. Cells
+  lacking the gene are not perturbed (NaN). No official values exist to compare with.
 
 What is compared (P7)
 ---------------------
@@ -42,13 +45,19 @@ Differences from the official code (defects fixed)
 --------------------------------------------------
 * **P8**: the official V1 set perturbation compares whole padded minibatches, so ``overexpress`` crashes as soon
   as a minibatch mixes a cell containing the gene (its original is one position shorter after the gene is
-  removed) with the longest cell lacking it, and in the V2 slices ``[:, 1:-1]`` act on the padded width. scfm
-  builds the compared positions **per cell** from its own length, which is what the official code computes
-  whenever it runs (``forward_batch_size=1``); the values do not depend on the batch size.
+  removed) with the longest cell lacking it. scfm builds the compared positions **per cell** from its own length,
+  which is what the official code computes whenever it runs (``forward_batch_size=1``); the values do not depend
+  on the batch size.
+* The official V2 slices (``[:, 1:-1]``, ``[:, 1 + n:-1]``, P7) act on the padded minibatch width, so a shorter
+  cell keeps its ``<eos>`` and padding positions in the compared tensor. Those positions are never attributed to
+  a gene (each cell's gene list is cut to its own genes) and the cell value is the ``<cls>`` state, so the padding
+  changes no reported value; scfm therefore compares per cell as well (checked against the official values,
+  computed with ``forward_batch_size=8``).
 * Where the overflow formula (P6) leaves the original with fewer genes than the perturbed input compares (the
   official code then fails with a size mismatch, or with larger minibatches compares padding), scfm compares
   the genes both inputs share.
-* A cell whose perturbed input would contain no gene at all gets NaN (the official code would fail).
+* A cell with no gene left to compare gets NaN (the official code would divide by zero or fail), except for
+  ``pooling="cls"``, where its ``<cls>`` states are compared as officially.
 
 Goal state (official ``cell_states_to_model``)
 ----------------------------------------------
@@ -76,6 +85,8 @@ __all__ = [
     "overflow",
     "IspValues",
     "compute_isp",
+    "resolve_genes",
+    "perturb",
 ]
 
 KINDS = ("delete", "overexpress", "inhibit", "activate")
@@ -192,7 +203,8 @@ def perturb_cell(
     Returns
     -------
     ``None`` when the cell is not perturbed (delete / inhibit / activate and the cell lacks one of the genes,
-    or nothing would remain to compare), else the two inputs and compared positions.
+    or, V1, no gene would remain to compare), else the two inputs and compared positions. A V2 cell left with
+    ``<cls>`` and ``<eos>`` only is kept: its ``<cls>`` state can still be compared.
     """
     ids = np.asarray(ids, dtype=np.int64)
     tokens = [int(t) for t in tokens]
@@ -228,7 +240,7 @@ def perturb_cell(
         rest = np.delete(genes, rel)
         order = np.argsort(targets, kind="stable")
         new = list(rest)
-        for k in order:  # ascending targets: earlier insertions do not move later targets' meaning much
+        for k in order:  # insert in ascending target order (combined genes)
             new.insert(int(min(targets[k], len(new))), int(genes[rel[k]]))
         new = np.asarray(new, dtype=np.int64)
         pert = np.concatenate([ids[:1], new, ids[-1:]]) if spec.special else new
@@ -242,7 +254,7 @@ def perturb_cell(
     orig_keep = gene_pos[~np.isin(gene_pos, idx)]
     cell = PerturbedCell(orig=orig, pert=pert, perturb_index=idx, n_overflow=n_over,
                          orig_keep=orig_keep, pert_keep=pert_keep)
-    if len(_gene_positions(len(pert), spec)) == 0 or cell.n_compared == 0:
+    if len(pert) == 0 or (not spec.special and cell.n_compared == 0):
         return None
     return cell
 
@@ -399,6 +411,8 @@ def compute_isp(
                 o_states = cut_map.get(k, base_states[r])
                 p_states = pert_states[k]
                 m = pc.n_compared
+                if m == 0 and pooling != "cls":
+                    continue  # no gene left to compare (e.g. all of a V2 cell's genes deleted): NaN
                 gene_cos = torch.nn.functional.cosine_similarity(
                     p_states[pc.pert_keep[:m]], o_states[pc.orig_keep[:m]], dim=-1, eps=1e-8
                 )
@@ -423,3 +437,307 @@ def compute_isp(
         res.gene_cos = [np.concatenate(x) if x else np.zeros(0, np.float32) for x in g_cos]
     res.orig_emb, res.pair_orig_emb, res.pert_emb = orig_emb, pair_emb, pert_emb
     return res
+
+
+# ---- the adapter's entry point ---------------------------------------------------------------------------
+def _looks_ensembl(name: str) -> bool:
+    return name.upper().startswith("ENS") and any(ch.isdigit() for ch in name)
+
+
+def resolve_genes(
+    genes: Sequence[str], var_names: Any, plan: Any, dicts: Any
+) -> list[tuple[str, str, int]]:
+    """Map the genes to perturb to ``(label, Ensembl ID, token)``.
+
+    A gene is looked up, in this order, among ``var_names`` (its token from the gene plan), as an Ensembl ID
+    (or, V2, an upper-case symbol) of the model's mapping dictionary, and as a symbol of the model's
+    ``gene_name_id_dict``. The label (the result's column name) is the gene symbol when one is known.
+
+    Raises
+    ------
+    ValueError
+        Naming every gene that has no token in the model's vocabulary.
+    """
+    import pandas as pd
+
+    names = pd.Index([str(v) for v in var_names])
+    var_token = plan.var_token
+    id_of_token = dicts.id_of_token()
+    token_label: dict[int, str] = {}
+    names_are_ids = len(names) > 0 and all(_looks_ensembl(n) for n in names[: min(len(names), 50)])
+    if not names_are_ids:
+        for j in np.flatnonzero(var_token >= 0):
+            token_label.setdefault(int(var_token[j]), names[j])
+    lookups: dict[str, dict] = {}
+
+    def _lookup(kind: str) -> dict:  # built on first use only (tens of thousands of names)
+        if kind not in lookups:
+            id_symbol: dict[str, str] = {}
+            upper_sym: dict[str, set[str]] = {}
+            for sym, eid in dicts.name_id_dict.items():
+                id_symbol.setdefault(str(eid), str(sym))
+                upper_sym.setdefault(str(sym).upper(), set()).add(str(eid))
+            lookups.update(id_symbol=id_symbol, upper_sym=upper_sym)
+        return lookups[kind]
+
+    out: list[tuple[str, str, int]] = []
+    unknown: list[str] = []
+    for g in genes:
+        s = str(g).strip()
+        tok: int | None = None
+        pos = names.get_indexer([s])[0] if s in names else -1
+        if pos >= 0 and var_token[pos] >= 0:
+            tok = int(var_token[pos])
+        if tok is None:
+            tok = dicts.token_of(s)
+        if tok is None:
+            eid = dicts.name_id_dict.get(s)
+            if eid is None:
+                cands = _lookup("upper_sym").get(s.upper(), set())
+                eid = next(iter(cands)) if len(cands) == 1 else None
+            tok = dicts.token_of(eid) if eid is not None else None
+        key = str(id_of_token[tok]) if tok is not None and tok < len(id_of_token) else None
+        if tok is None or key is None or key.startswith("<"):
+            unknown.append(s)
+            continue
+        if _looks_ensembl(s):
+            label = token_label.get(tok) or _lookup("id_symbol").get(key) or s
+        else:
+            label = s
+        out.append((label, key, tok))
+    if unknown:
+        raise ValueError(
+            f"Gene(s) {unknown} cannot be perturbed: not in the Geneformer {dicts.version} vocabulary (looked up "
+            "in var_names, as Ensembl IDs and as gene symbols of the model's dictionaries). Check the spelling or "
+            "pass the Ensembl ID; genes outside the model's vocabulary cannot be perturbed."
+        )
+    return out
+
+
+def perturb(
+    model: Any,
+    data: Any,
+    genes: Sequence[str],
+    *,
+    perturbation: str = "delete",
+    combine: bool = False,
+    batch_size: int = 16,
+    device: Any = None,
+    pooling: str | None = None,
+    emb_layer: int = -1,
+    gene_shifts: bool = False,
+    goal_state: tuple[str, Any] | None = None,
+    rank_shift: int = 1,
+    precision: str = "float32",
+    gene_id_key: str | None = "ensembl_id",
+    n_counts_key: str | None = "n_counts",
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> Any:
+    """In-silico perturbation with a :class:`~scfm.models.geneformer.GeneformerModel` (see the module docs).
+
+    Parameters
+    ----------
+    model
+        The loaded Geneformer model.
+    data
+        Read-only :class:`~scfm.models.CellData` (raw counts).
+    genes
+        Gene symbols or Ensembl IDs.
+    perturbation
+        ``'delete'``, ``'overexpress'``, ``'inhibit'`` or ``'activate'``.
+    combine
+        Perturb all ``genes`` together (one column ``'A+B'``); else one perturbation per gene.
+    batch_size
+        Sequences per forward pass.
+    device
+        Torch device (default: the model's).
+    pooling
+        ``'mean'`` (mean of per-gene cosine similarities, official V1 ``emb_mode='cell'``) or ``'cls'``
+        (``<cls>`` states, official V2 ``emb_mode='cls'``). Default: ``'cls'`` for V2, ``'mean'`` for V1.
+    emb_layer
+        ``-1``: second-to-last layer (official default), ``0``: last layer.
+    gene_shifts
+        Also return, per perturbation, the cosine similarity of every other gene of every perturbed cell
+        (official ``*_and_gene`` modes) as a long table (columns ``cell``, ``gene``, ``gene_id``, ``cos_sim``;
+        ``groupby('gene').cos_sim.mean()`` gives the official per-gene summary).
+    goal_state
+        ``(obs column, value)``: also report, per cell, the shift towards the centroid of that group's original
+        embeddings (columns ``'<name>_goal_shift'``).
+    rank_shift
+        Quartiles to move a gene by for ``'inhibit'`` / ``'activate'`` (1, 2 or 3).
+    precision
+        ``'float32'`` or ``'bfloat16'`` (autocast).
+    gene_id_key, n_counts_key, chunk_size
+        Tokenizer options (see :meth:`GeneformerModel.tokenize`).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    :class:`~scfm.models.PerturbationResult`.
+    """
+    import pandas as pd
+    import torch
+
+    from ..._torch import autocast, check_precision
+    from .. import PerturbationResult
+    from ._network import layer_to_quant
+    from ._tokenizer import TokenizedCells, iter_tokenized
+
+    dicts = model.dictionaries
+    net = model.network
+    if perturbation not in KINDS:
+        raise ValueError(f"perturbation={perturbation!r}; use one of {KINDS}.")
+    special = bool(dicts.special_token)
+    pooling = pooling or ("cls" if special else "mean")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}; use 'mean' or 'cls'.")
+    if pooling == "cls" and not special:
+        raise ValueError("pooling='cls' needs a V2 model (its cells start with <cls>); V1 models have no <cls> "
+                         "token: use pooling='mean'.")
+    if perturbation in ("inhibit", "activate") and int(rank_shift) not in (1, 2, 3):
+        raise ValueError(f"rank_shift={rank_shift!r}; use 1, 2 or 3 (quartiles to move the gene by).")
+    precision = check_precision(precision)
+    layer = layer_to_quant(net.num_layers, emb_layer)
+    bs = int(batch_size)
+    if bs < 1:
+        raise ValueError("batch_size must be >= 1.")
+    gene_list = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
+    if not gene_list:
+        raise ValueError("`genes` is empty: name at least one gene to perturb.")
+    goal_mask = None
+    if goal_state is not None:
+        if not (isinstance(goal_state, (tuple, list)) and len(goal_state) == 2):
+            raise ValueError("goal_state must be a pair (obs column, value), e.g. ('cell_type', 'B cell').")
+        col, val = goal_state
+        if col not in data.obs.columns:
+            raise KeyError(f"goal_state column {col!r} is not in adata.obs (columns: {list(data.obs.columns)}).")
+        goal_mask = np.asarray(data.obs[col] == val, dtype=bool)
+        if not goal_mask.any():
+            raise ValueError(f"No cell has obs[{col!r}] == {val!r}: the goal state is empty.")
+
+    plan = model.gene_plan(data, gene_id_key=gene_id_key)
+    resolved = resolve_genes(gene_list, data.var_names, plan, dicts)
+    if combine:
+        groups = [resolved]
+    else:
+        groups = [[r] for r in resolved]
+    labels = ["+".join(r[0] for r in grp) for grp in groups]
+    tokens = [[r[2] for r in grp] for grp in groups]
+    for grp in groups:
+        if len({r[2] for r in grp}) != len(grp):
+            raise ValueError(f"A gene is given twice in {[r[0] for r in grp]} (as symbol and ID?).")
+    if len(set(labels)) != len(labels) or len({tuple(t) for t in tokens}) != len(tokens):
+        raise ValueError(f"A gene is given twice in {gene_list} (as symbol and ID?); name each gene once.")
+
+    parts = [t for _, t, _ in iter_tokenized(data, plan, dicts, n_counts_key=n_counts_key,
+                                             model_input_size=model.model_input_size, chunk_size=chunk_size)]
+    toks = TokenizedCells.concat(parts)
+    valid = toks.lengths > 0
+    cell_idx = np.flatnonzero(valid)
+    spec = TokenSpec(max_len=int(net.config.max_position_embeddings), cls_id=dicts.cls_id if special else None,
+                     eos_id=dicts.eos_id if special else None, pad_id=dicts.pad_id)
+    dev = model._device(device)
+
+    def forward(ids: Any, lengths: Any) -> Any:
+        with autocast(dev, precision):
+            return net.hidden_states(ids.to(dev), lengths.to(dev), layer=layer)
+
+    vals = compute_isp(
+        [toks.cell(int(i)) for i in cell_idx], tokens, kind=perturbation, spec=spec, forward=forward,
+        pooling=pooling, batch_size=bs, gene_shifts=gene_shifts, keep_embeddings=goal_mask is not None,
+        rank_shift=int(rank_shift), progress=progress,
+    )
+
+    n_obs = data.n_obs
+    cos = np.full((n_obs, len(groups)), np.nan, dtype=np.float32)
+    cos[cell_idx] = vals.cos
+    table = pd.DataFrame(cos, index=data.obs_names.copy(), columns=labels)
+    expressing = vals.expressing.sum(0)
+    perturbed = vals.perturbed.sum(0)
+    with np.errstate(all="ignore"):
+        mean_cos = np.array([np.nanmean(vals.cos[:, p]) if perturbed[p] else np.nan for p in range(len(groups))])
+    summary = pd.DataFrame(
+        {
+            "perturbation": perturbation,
+            "gene_ids": ["+".join(r[1] for r in grp) for grp in groups],
+            "n_cells_expressing": expressing.astype(np.int64),
+            "n_cells_perturbed": perturbed.astype(np.int64),
+            "mean_cos_sim": mean_cos.astype(np.float64),
+            "mean_shift": (1.0 - mean_cos).astype(np.float64),
+        },
+        index=pd.Index(labels, name="perturbation_name"),
+    )
+    not_expr = [lab for lab, n in zip(labels, perturbed, strict=True) if n == 0]
+    if not_expr:
+        from ... import logging as logg
+
+        logg.warning(f"{not_expr}: no cell could be perturbed (for {perturbation!r} a cell needs all the genes "
+                     "among its model input genes); their columns are all NaN.")
+
+    if goal_mask is not None:
+        in_goal = goal_mask[cell_idx]
+        if not in_goal.any():
+            raise ValueError("No cell of the goal state has a gene of the model's vocabulary: no goal centroid.")
+        centroid = torch.from_numpy(np.nanmean(vals.orig_emb[in_goal], axis=0))
+        shifts = np.full((n_obs, len(groups)), np.nan, dtype=np.float32)
+        for p in range(len(groups)):
+            ok = vals.perturbed[:, p]
+            if ok.any():
+                pe = torch.from_numpy(vals.pert_emb[ok, p])
+                oe = torch.from_numpy(vals.pair_orig_emb[ok, p])
+                c = centroid[None].expand_as(pe)
+                d = (torch.nn.functional.cosine_similarity(pe, c, dim=-1, eps=1e-8)
+                     - torch.nn.functional.cosine_similarity(oe, c, dim=-1, eps=1e-8))
+                shifts[cell_idx[ok], p] = d.numpy()
+        for p, lab in enumerate(labels):
+            table[f"{lab}_goal_shift"] = shifts[:, p]
+        with np.errstate(all="ignore"):
+            summary["mean_goal_shift"] = [float(np.nanmean(shifts[:, p])) if perturbed[p] else np.nan
+                                          for p in range(len(groups))]
+
+    gene_tables = None
+    if gene_shifts:
+        id_of_token = dicts.id_of_token()
+        var_token = plan.var_token
+        tok_name: dict[int, str] = {}
+        for j in np.flatnonzero(var_token >= 0):
+            tok_name.setdefault(int(var_token[j]), str(data.var_names[j]))
+        obs_names = np.asarray(data.obs_names, dtype=object)
+        gene_tables = {}
+        for p, lab in enumerate(labels):
+            gt = vals.gene_tokens[p]
+            uniq, inv = np.unique(gt, return_inverse=True)
+            uniq_names = [tok_name.get(int(t), str(id_of_token[t])) for t in uniq]
+            if len(set(uniq_names)) == len(uniq_names):
+                gene_col = pd.Categorical.from_codes(inv, uniq_names)
+            else:
+                gene_col = pd.Categorical(np.asarray(uniq_names, dtype=object)[inv])
+            gene_tables[lab] = pd.DataFrame(
+                {
+                    "cell": pd.Categorical(obs_names[cell_idx[vals.gene_cells[p]]]),
+                    "gene": gene_col,
+                    "gene_id": pd.Categorical.from_codes(inv, [str(id_of_token[t]) for t in uniq]),
+                    "cos_sim": vals.gene_cos[p],
+                }
+            )
+
+    coverage = {**plan.coverage, "n_cells": int(n_obs), "n_cells_tokenized": int(valid.sum())}
+    if (~valid).any():
+        coverage["n_cells_without_known_gene"] = int((~valid).sum())
+    params: dict[str, Any] = {
+        "pooling": pooling,
+        "emb_layer": int(emb_layer),
+        "hidden_state_index": layer,
+        "precision": precision,
+        "generation": dicts.version,
+        "max_position_embeddings": spec.max_len,
+        "perturbed_gene_ids": {lab: [r[1] for r in grp] for lab, grp in zip(labels, groups, strict=True)},
+        "gene_shifts": bool(gene_shifts),
+    }
+    if perturbation in ("inhibit", "activate"):
+        params["rank_shift"] = int(rank_shift)
+    if goal_state is not None:
+        params["goal_state"] = [str(goal_state[0]), str(goal_state[1])]
+    return PerturbationResult(cells=table, summary=summary, genes=gene_tables, coverage=coverage, params=params)

@@ -7,9 +7,8 @@ reproduces token for token (quirk numbers refer to ``shared/fixtures/geneformer/
   *all* genes is used (the official code requires the column).
 * **T2** the model's ``ensembl_mapping_dict`` is restricted to entries whose value is a token; gene IDs are
   upper-cased and mapped through it; unmapped genes (also ``""``/NaN) are dropped.
-* **T3** if several input genes map to one ID (the official check compares the number of unique *raw* IDs
-  found in the mapping with the number of unique mapped values), the counts of each duplicated ID are summed and
-  the summed columns are placed *after* all non-duplicated genes, in order of first appearance.
+* **T3** if several input genes map to one ID, the counts of each duplicated ID are summed and the summed
+  columns are placed *after* all non-duplicated genes, in order of first appearance.
 * **T5** value = ``count * (1 / n_counts) * 10000 * (1 / median)`` evaluated with numpy type promotion, exactly the
   operation scipy performs for the official ``X / n_counts * target_sum / norm_factor_vector`` on a sparse matrix
   (scipy divides by multiplying with the reciprocal). ``float32`` counts with ``int64`` ``n_counts`` give float64.
@@ -22,6 +21,10 @@ Differences from the official code (defects fixed, documented):
   depends on the numpy build and CPU. Here ties are broken deterministically by the gene's column position
   (the order after T3), i.e. the order a stable sort gives. Untied values (every cell of the shared fixtures)
   give identical tokens.
+* **Duplicate IDs.** The official code decides whether to collapse by comparing the number of unique *raw*
+  IDs found in the mapping with the number of unique mapped IDs. The same ID listed twice (or an ID that only
+  matches after upper-casing) therefore does not trigger the collapse, and its token then appears twice in a
+  cell. Here any two input genes that map to one ID are collapsed (summed), as the official code intends.
 * **Explicit zeros** stored in a sparse matrix are not genes: the official code ranks them last as tokens of
   value 0; here they are dropped.
 * **Empty cells** (no gene of the vocabulary) are dropped by the official code; here they keep their place, get
@@ -34,7 +37,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,9 +148,12 @@ class GeneformerDictionaries:
         return None if key is None else int(self.token_dict[key])
 
 
-def _find_dictionary_sets(resources: Path) -> dict[str, dict[str, Path]]:
-    """Complete dictionary sets under ``resources`` (the folder itself and its sub-folders), per version."""
-    folders = [resources, *sorted(p for p in resources.rglob("*") if p.is_dir())]
+def _find_dictionary_sets(resources: Path, *, recursive: bool = True) -> dict[str, dict[str, Path]]:
+    """Complete dictionary sets in ``resources`` (and its sub-folders, two levels deep), per version."""
+    folders = [resources]
+    if recursive:
+        subs = sorted(p for p in resources.iterdir() if p.is_dir())
+        folders += subs + sorted(q for p in subs for q in p.iterdir() if q.is_dir())
     found: dict[str, dict[str, Path]] = {}
     for version, suffixes in _SUFFIXES.items():
         for folder in folders:
@@ -338,10 +343,9 @@ def build_gene_plan(
         _raise_mouse()
 
     mapping = dicts.mapping_dict
-    # T3 check on the raw IDs (not upper-cased), as the official code does
-    in_map = [g for g in ids if g in mapping]
-    needs_collapse = len(set(in_map)) != len({mapping[g] for g in in_map})
     mapped = [mapping.get(g.upper()) for g in ids]  # T2: upper-cased lookup
+    mapped_ids = [m for m in mapped if m is not None]
+    needs_collapse = len(set(mapped_ids)) != len(mapped_ids)  # T3 (see the module docstring)
     n_vars = len(ids)
     var_slot = np.full(n_vars, -1, dtype=np.int64)
     slot_ids: list[str] = []
@@ -435,54 +439,82 @@ class TokenizedCells:
         return TokenizedCells(ids, np.r_[0, np.cumsum(lens)].astype(np.int64))
 
 
-def _segmented_desc_order(values: np.ndarray, indptr: np.ndarray, n_threads: int = 2) -> np.ndarray:
-    """Order sorting each CSR row segment by value, highest first; ties keep their position (stable).
+# Segmented sort with one 64-bit key per (cell, gene), sorted in blocks of 64 cells:
+#   [cell within block: 6 bits][NOT of the value's float64 bits 62..21: 42 bits][gene position in the row: 16 bits]
+# For positive floats the bit pattern is monotone, so ascending keys = cells in order, values descending, equal
+# values in column order (stable). Zero values (unmapped genes, explicit zeros) have all-ones value fields and
+# sort last in their cell. Genes whose values agree in the kept 42 bits (relative difference < 5e-10) are then
+# re-ordered on their full values, so the result is exactly a stable descending sort by value.
+_ROW_BITS, _VAL_BITS, _POS_BITS = 6, 42, 16
+_BLOCK = 1 << _ROW_BITS
+_POS_MASK = np.uint64((1 << _POS_BITS) - 1)
+_VAL_ONES = np.uint64((1 << _VAL_BITS) - 1)
 
-    Rows are grouped by length and sorted as padded 2-D blocks with numpy's (SIMD) quicksort, in threads
-    (numpy releases the GIL while sorting). Exact ties, where quicksort's order is arbitrary, are then put in
-    position order, so the result equals a stable descending sort.
+
+def _rank_block(
+    data: np.ndarray,
+    indices: np.ndarray,
+    nnz: np.ndarray,
+    recip_n: np.ndarray,
+    col_slot: np.ndarray,
+    recip_median: np.ndarray,
+    max_genes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the rows of one block of CSR entries (at most 64 rows) and keep the top ``max_genes`` of each.
+
+    Returns the slots of the kept genes (rows concatenated, highest value first) and the number of valid
+    (non-zero, in-vocabulary) genes per row. Works on arrays small enough to stay in the CPU cache.
     """
-    n_rows = len(indptr) - 1
-    nnz = np.diff(indptr)
-    order = np.empty(len(values), dtype=np.int64)
-    if len(values) == 0:
-        return order
-    by_len = np.argsort(nnz, kind="stable")  # similar lengths together: little padding
-    blocks = [by_len[i : i + 256] for i in range(0, n_rows, 256)]
-
-    def run(rows: np.ndarray) -> None:
-        lens = nnz[rows]
-        width = int(lens.max()) if len(lens) else 0
-        if width == 0:
-            return
-        starts = indptr[rows]
-        col = np.arange(width)
-        inside = col[None, :] < lens[:, None]
-        src = (starts[:, None] + col[None, :])[inside]
-        mat = np.full((len(rows), width), np.inf)
-        mat[inside] = -values[src]
-        o = np.argsort(mat, axis=1)
-        order[src] = (starts[:, None] + o)[inside]
-
-    if n_threads > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(n_threads) as ex:
-            list(ex.map(run, blocks))
-    else:
-        for b in blocks:
-            run(b)
-    # repair exact ties: within each run of equal values of a row, restore position order
-    sv = values[order]
-    row_of = np.repeat(np.arange(n_rows), nnz)
-    eq = (sv[1:] == sv[:-1]) & (row_of[1:] == row_of[:-1])
+    m = len(data)
+    starts = np.r_[0, np.cumsum(nnz)[:-1]]
+    slot = col_slot[indices]
+    # T5, the exact operations of the official code (scipy multiplies by the reciprocals)
+    v = data * np.repeat(recip_n, nnz)
+    v = v * TARGET_SUM
+    v = np.ascontiguousarray(v * recip_median[slot], dtype=np.float64)
+    nonempty = nnz > 0
+    n_valid = np.zeros(len(nnz), dtype=np.int64)
+    n_valid[nonempty] = np.add.reduceat(v > 0, starts[nonempty], dtype=np.int64)
+    # row and position fields in one pass: (row << 58) + (j - row start), modulo 2**64
+    row_field = np.arange(len(nnz), dtype=np.uint64) << np.uint64(_VAL_BITS + _POS_BITS)
+    rowpos = np.arange(m, dtype=np.uint64)
+    rowpos += np.repeat(row_field - starts.astype(np.uint64), nnz)
+    key = ~v.view(np.uint64)
+    key <<= np.uint64(1)  # drop the (inverted) sign bit
+    key >>= np.uint64(64 - _VAL_BITS)
+    key <<= np.uint64(_POS_BITS)
+    key |= rowpos
+    key.sort()
+    order = (key & _POS_MASK).view(np.int64)
+    key >>= np.uint64(_POS_BITS)
+    eq = key[1:] == key[:-1]
+    eq &= (key[1:] & _VAL_ONES) != _VAL_ONES
+    start = None
     if eq.any():
-        tie = np.zeros(len(values), dtype=bool)
-        tie[1:] |= eq
-        tie[:-1] |= eq
-        idx = np.flatnonzero(tie)
-        run_id = np.cumsum(np.r_[True, ~eq])[idx]  # same id for consecutive equal entries
-        perm = np.lexsort((order[idx], run_id))
-        order[idx] = order[idx][perm]
-    return order
+        start = np.repeat(starts, nnz)
+        _repair_near_ties(eq, order, start, v)
+    # the first n_keep sorted entries of each row
+    n_keep = np.minimum(n_valid, max_genes)
+    k = int(n_keep.sum())
+    first = np.repeat(starts - np.r_[0, np.cumsum(n_keep)[:-1]], n_keep)
+    first += np.arange(k)
+    src = order[first]
+    src += np.repeat(starts, n_keep)
+    return slot[src], n_valid
+
+
+def _repair_near_ties(eq: np.ndarray, order: np.ndarray, start: np.ndarray, v: np.ndarray) -> None:
+    """Within runs of entries with equal keys, order by full value (desc), then position (asc); in place."""
+    mark = np.zeros(len(order), dtype=bool)
+    mark[1:] |= eq
+    mark[:-1] |= eq
+    idx = np.flatnonzero(mark)
+    p = order[idx]
+    vals = v[start[idx] + p]
+    new_run = np.r_[True, ~eq[idx[1:] - 1]]
+    run = np.cumsum(new_run)
+    perm = np.lexsort((p, -vals, run))
+    order[idx] = p[perm]
 
 
 def tokenize_block(
@@ -493,49 +525,57 @@ def tokenize_block(
     model_input_size: int,
     cls_id: int | None = None,
     eos_id: int | None = None,
-    n_threads: int = 2,
 ) -> tuple[TokenizedCells, np.ndarray]:
     """Tokenize a block of cells (CSR, all genes of ``plan``).
 
-    Returns the tokens and the number of ranked genes per cell (before truncation).
+    Returns the tokens and the number of ranked (non-zero, in-vocabulary) genes per cell before truncation.
     """
-    X = sp.csr_matrix(X) if not sp.isspmatrix_csr(X) else X
-    sel = plan.selector(X.dtype if X.dtype.kind == "f" else np.float64)
-    Y = X[:, sel] if isinstance(sel, np.ndarray) else sp.csr_matrix(X @ sel)
-    Y.sum_duplicates()  # canonical: sorted column indices, no duplicates
-    n = len(n_counts)
-    nnz_row = np.diff(Y.indptr)
-    rows = np.repeat(np.arange(n), nnz_row)
-    recip_n = np.divide(1, np.asarray(n_counts))  # T5: scipy multiplies by the reciprocal
-    v = Y.data * recip_n[rows]
-    v = v * TARGET_SUM
-    v = v * plan.slot_recip_median[Y.indices]
-    keep = v != 0  # explicit zeros are not expressed genes
-    if not keep.all():
-        rows, v, cols = rows[keep], v[keep], Y.indices[keep]
-        nnz_row = np.bincount(rows, minlength=n)
+    X = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X)
+    if plan.collapsed:  # T3: sum the duplicated IDs' columns (placed after the others)
+        Y = sp.csr_matrix(X @ plan.selector(X.dtype if X.dtype.kind == "f" else np.float64))
+        col_slot = np.arange(Y.shape[1], dtype=np.intp)
     else:
-        cols = Y.indices
-    indptr = np.r_[0, np.cumsum(nnz_row)].astype(np.int64)
-    order = _segmented_desc_order(v, indptr, n_threads=n_threads)
+        Y = X
+        col_slot = np.where(plan.var_slot >= 0, plan.var_slot, plan.n_slots).astype(np.intp)
+    Y.sum_duplicates()  # canonical: sorted column indices, no duplicates
+    n = Y.shape[0]
     special = cls_id is not None and eos_id is not None
     max_genes = model_input_size - 2 if special else model_input_size
-    n_keep = np.minimum(nnz_row, max_genes)
-    pos = np.arange(len(order)) - indptr[rows]
-    take = pos < n_keep[rows]
-    tokens = plan.slot_token[cols[order[take]]].astype(np.int32)
+    if max_genes < 1:
+        raise ValueError(f"model_input_size={model_input_size} leaves no room for genes.")
+    indptr = Y.indptr.astype(np.int64)
+    nnz = np.diff(indptr)
+    if nnz.max(initial=0) > int(_POS_MASK):
+        raise ValueError("A cell has more than 65,535 stored genes; this is not supported.")
+    # slot n (genes outside the vocabulary) has median reciprocal 0: value 0, dropped
+    recip_median = np.r_[plan.slot_recip_median, 0.0]
+    slot_token = np.r_[plan.slot_token, 0].astype(np.int32)
+    recip_n = np.divide(1, np.asarray(n_counts))
+    parts: list[np.ndarray] = []
+    n_ranked = np.zeros(n, dtype=np.int64)
+    for b in range(0, n, _BLOCK):
+        e = min(b + _BLOCK, n)
+        s0, s1 = indptr[b], indptr[e]
+        if s1 == s0:
+            continue
+        kept, n_ranked[b:e] = _rank_block(
+            Y.data[s0:s1], Y.indices[s0:s1], nnz[b:e], recip_n[b:e], col_slot, recip_median, max_genes
+        )
+        parts.append(kept)
+    tokens = slot_token[np.concatenate(parts)] if parts else np.zeros(0, np.int32)
+    n_keep = np.minimum(n_ranked, max_genes)
     if not special:
-        lens = n_keep
-        return TokenizedCells(tokens, np.r_[0, np.cumsum(lens)].astype(np.int64)), nnz_row
-    lens = np.where(n_keep > 0, n_keep + 2, 0)
-    offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
-    out = np.empty(int(offsets[-1]), dtype=np.int32)
+        return TokenizedCells(tokens, np.r_[0, np.cumsum(n_keep)].astype(np.int64)), n_ranked
     has = n_keep > 0
+    offsets = np.r_[0, np.cumsum(n_keep + 2 * has)].astype(np.int64)
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    is_gene = np.ones(len(out), dtype=bool)
+    is_gene[offsets[:-1][has]] = False
+    is_gene[offsets[1:][has] - 1] = False
+    out[is_gene] = tokens
     out[offsets[:-1][has]] = cls_id
     out[offsets[1:][has] - 1] = eos_id
-    gene_pos = np.repeat(offsets[:-1] + 1, n_keep) + (np.arange(len(tokens)) - np.repeat(np.r_[0, np.cumsum(n_keep)[:-1]], n_keep))
-    out[gene_pos] = tokens
-    return TokenizedCells(out, offsets), nnz_row
+    return TokenizedCells(out, offsets), n_ranked
 
 
 def _n_counts(obs: pd.DataFrame, sl: slice, block: sp.csr_matrix, key: str | None) -> np.ndarray:
@@ -559,7 +599,6 @@ def iter_tokenized(
     chunk_size: int | None = None,
     validate: bool = True,
     where: str | None = None,
-    n_threads: int = 2,
 ) -> Iterator[tuple[slice, TokenizedCells, np.ndarray]]:
     """Tokenize chunk by chunk: yields ``(cells slice, tokens, n_ranked)``; memory does not grow with cells."""
     from ...pp._counts import validate_counts_block
@@ -580,7 +619,7 @@ def iter_tokenized(
                 f"(e.g. {cd.obs_names[sl][bad][0]!r}); fix or delete the column (scfm then uses the row sums)."
             )
         toks, n_ranked = tokenize_block(
-            block, n_counts, plan, model_input_size=size, cls_id=cls_id, eos_id=eos_id, n_threads=n_threads
+            block, n_counts, plan, model_input_size=size, cls_id=cls_id, eos_id=eos_id
         )
         yield sl, toks, n_ranked
 

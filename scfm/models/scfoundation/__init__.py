@@ -35,44 +35,43 @@ _CITATION = (
 _LICENSE = ("scFoundation Model License (weights: non-commercial research use only); code Apache-2.0 "
             "(github.com/biomap-research/scFoundation MODEL_LICENSE)")
 _CHECKPOINT = RemoteFile(
+    # The official README (model/README.md, model/models/download.txt, commit d09626a) points to a public
+    # SharePoint *folder* that holds `models.ckpt`; it has no direct, scriptable file URL, so no `url` here: the
+    # download module then asks for a manual download into the cache (or `checkpoint=<path>`), and the sha256
+    # seen at first use is recorded and checked later.
     filename="models.ckpt",
-    # A SharePoint *folder* share (the link of the official README, model/models/download.txt, commit d09626a):
-    # it holds `models.ckpt` but offers no direct, scriptable file URL. Download it in a browser and pass
-    # `checkpoint=<path>` or put it in the cache folder; its sha256 is recorded at first use.
-    url=_SHAREPOINT,
+    mirror_path="models/scfoundation-100m/models.ckpt",
 )
 _DESCRIPTION = (
     "scFoundation 100M (xTrimoGene MAE-autobin: 12-layer 768-wide transformer encoder over the non-zero genes, "
     "6-layer 512-wide Performer decoder), pre-trained on ~50M human cells; input = 19,264-gene panel + T/S "
     "tokens. The weights are on a public SharePoint folder (no application needed, but no direct link): "
     "download models.ckpt by hand from " + _SHAREPOINT + " and load it with "
-    "scfm.models.load('scfoundation', checkpoint=<path>)."
+    "scfm.models.load('scfoundation', checkpoint=<path>). The file holds three variants: 'cell' (default, official "
+    "--version ce), 'rde' (read-depth enhancement: `scfm.models.load('scfoundation-100m', checkpoint_key='rde')`) "
+    "and 'gene' (used for gene-level output)."
 )
 
-for _name, _key, _extra in (
-    ("scfoundation-100m", "cell", "Cell embeddings: checkpoint variant 'cell' (official --version ce)."),
-    ("scfoundation-100m-rde", "rde", "Read-depth-enhancement variant 'rde' (official --version rde)."),
-):
-    register_model(
-        ModelEntry(
-            name=_name,
-            family="scfoundation",
-            version="01B-resolution",
-            n_parameters=100_000_000,
-            embedding_dim=3072,
-            gene_id_scheme="symbol (HGNC, 19,264-gene panel)",
-            species=("human",),
-            input_length=PANEL_SIZE,
-            license=_LICENSE,
-            citation=_CITATION,
-            source="https://github.com/biomap-research/scFoundation (weights: " + _SHAREPOINT + ")",
-            gated=False,
-            checkpoint=(_CHECKPOINT,),
-            resources=(PANEL_FILE,),
-            load_options={"checkpoint_key": _key},
-            description=_DESCRIPTION + " " + _extra,
-        )
+register_model(
+    ModelEntry(
+        name="scfoundation-100m",
+        family="scfoundation",
+        version="01B-resolution",
+        n_parameters=100_000_000,
+        embedding_dim=3072,
+        gene_id_scheme="symbol (HGNC, 19,264-gene panel)",
+        species=("human",),
+        input_length=PANEL_SIZE,
+        license=_LICENSE,
+        citation=_CITATION,
+        source="https://github.com/biomap-research/scFoundation (weights: " + _SHAREPOINT + ")",
+        gated=False,
+        checkpoint=(_CHECKPOINT,),
+        resources=(PANEL_FILE,),
+        load_options={"checkpoint_key": "cell"},
+        description=_DESCRIPTION,
     )
+)
 
 RELEASED_CONFIG: dict[str, Any] = {
     "model": "mae_autobin",
@@ -137,10 +136,9 @@ def load_scfoundation(
     panel_path = find_panel(resources, path.parent, path.parent.parent)
     panel = read_panel(panel_path)
     files = {path.name: sha256sum(path), panel_path.name: sha256sum(panel_path)}
-    model = ScFoundation(net, panel=panel, checkpoint_key=key if used != "single" else key,
-                        checkpoint_path=path if used != "single" else None, entry=entry, files=files,
-                        device=device)
-    return model
+    # a single-variant file (official --version noversion) has no separate 'gene' variant to read later
+    return ScFoundation(net, panel=panel, checkpoint_key=key, checkpoint_path=None if used == "single" else path,
+                        entry=entry, files=files, device=device)
 
 
 def gene_states(
@@ -193,8 +191,8 @@ def gene_states(
     float32 array ``[n_cells, n_genes, decoder_dim]`` (512 for the released model) in the order of ``cells`` and
     ``genes``. Cells with no panel counts get NaN.
     """
-    from .. import CellData, resolve
     from ..._settings import settings
+    from .. import CellData, resolve
 
     m = resolve(model, device=device)
     if not isinstance(m, ScFoundation):

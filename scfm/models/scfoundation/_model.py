@@ -116,8 +116,9 @@ class ScFoundation(FoundationModel):
         """The ``gene`` variant (the official script uses it for every gene-level output)."""
         if "gene" not in self._nets:
             if self.checkpoint_path is None:
-                logg.warning("No 'gene' checkpoint variant is available; using the loaded "
-                             f"{self.checkpoint_key!r} variant for gene-level output.")
+                if not self.random_weights:
+                    logg.warning("No 'gene' checkpoint variant is available; using the loaded "
+                                 f"{self.checkpoint_key!r} variant for gene-level output.")
                 return self.net
             from ._checkpoint import read_variant
 
@@ -176,7 +177,7 @@ class ScFoundation(FoundationModel):
                             "`gene_symbols=<var column with symbols>` or map the IDs to symbols first.")
                 elif detect_species(list(symbols[:2000])) == "mouse":
                     hint = " The genes look like mouse symbols: convert them to human orthologs first."
-            except Exception:  # noqa: BLE001 - hints are best effort
+            except Exception:  # hints are best effort
                 pass
             raise ValueError(
                 f"Only {al.n_matched} of scFoundation's {len(self.panel)} panel genes "
@@ -340,7 +341,7 @@ class ScFoundation(FoundationModel):
             gene_names = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
             gene_idx = self.panel.get_indexer(gene_names)
             if (gene_idx < 0).any():
-                bad = [g for g, i in zip(gene_names, gene_idx) if i < 0]
+                bad = [g for g, i in zip(gene_names, gene_idx, strict=True) if i < 0]
                 raise KeyError(f"{len(bad)} genes are not in scFoundation's panel: {bad[:10]}")
         net = self._gene_net()
         dev = self._place(net, device)

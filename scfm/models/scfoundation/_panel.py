@@ -46,21 +46,19 @@ def read_panel(path: str | Path) -> pd.Index:
     return genes
 
 
-def _download_panel() -> Path | None:
-    """The panel through the shared download module (cache, mirror or download), if that module exists."""
-    try:
-        from ..._io import download
-    except ImportError:  # pragma: no cover - the download module is part of the core package
-        return None
-    for name in ("fetch_file", "fetch_remote_file", "fetch"):
-        fn = getattr(download, name, None)
-        if callable(fn):
-            return Path(fn(PANEL_FILE))
-    return None
+def _download_panel() -> Path:
+    """The panel through scfm's download module (cache, mirror or a verified download)."""
+    from ..._io.download import fetch
+
+    return Path(fetch(PANEL_FILE))
 
 
 def find_panel(*candidates: Path | None) -> Path:
-    """Locate the panel TSV: in the given folders (or files), then the mirror, then the cache / a download."""
+    """Locate the panel TSV: in the given folders (or files), then the mirror, then the cache / a download.
+
+    Offline and nowhere to be found: :func:`scfm._io.download.fetch` raises an error naming the source
+    (``PANEL_FILE.url``) and how to fetch it elsewhere.
+    """
     from ..._settings import settings
 
     for c in candidates:
@@ -73,13 +71,7 @@ def find_panel(*candidates: Path | None) -> Path:
             return c / _PANEL_NAME
     if settings.mirror is not None and (settings.mirror / PANEL_FILE.mirror_path).is_file():
         return settings.mirror / PANEL_FILE.mirror_path
-    path = _download_panel()
-    if path is not None and path.is_file():
-        return path
-    raise FileNotFoundError(
-        f"scFoundation's gene panel {_PANEL_NAME} was not found. Pass `resources=<folder that holds it>` to "
-        f"scfm.models.load, or download it from {PANEL_FILE.url} (sha256 {PANEL_FILE.sha256})."
-    )
+    return _download_panel()
 
 
 @dataclass

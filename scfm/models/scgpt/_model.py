@@ -390,6 +390,12 @@ def load_model(
     from ._checkpoint import find_files, map_state_dict, read_args, read_vocab
     from ._network import ScGPTEncoder
 
+    if checkpoint is None and entry is not None:
+        raise FileNotFoundError(
+            f"{entry.name} has no per-file download links (only the Google Drive folder {entry.source} is "
+            "public): download args.json, vocab.json and best_model.pt from it into a folder and pass "
+            f"`scfm.models.load({entry.name!r}, checkpoint=<folder>)` or `scfm.models.load('scgpt', checkpoint=...)`."
+        )
     files = find_files(checkpoint, resources)
     config = read_args(files["args.json"])
     vocab = read_vocab(files["vocab.json"])

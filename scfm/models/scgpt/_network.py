@@ -82,9 +82,15 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, first_only: bool = False) -> Tensor:
-        a = self.self_attn(x, attn_mask, first_only)
-        x = self.norm1((x[:, :1] if first_only else x) + a)
-        return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+        x = self.norm1(_add(self.self_attn(x, attn_mask, first_only), x[:, :1] if first_only else x))
+        return self.norm2(_add(self.linear2(F.relu(self.linear1(x), inplace=True)), x))
+
+
+def _add(out: Tensor, residual: Tensor) -> Tensor:
+    """``out + residual``, in place into the fresh ``out`` when the dtypes allow (inference only)."""
+    if out.dtype == residual.dtype and not torch.is_grad_enabled():
+        return out.add_(residual)
+    return out + residual
 
 
 class TransformerEncoder(nn.Module):

@@ -1,0 +1,314 @@
+"""Geneformer speed and memory: tokenisation, embedding (fp32 / bf16), backed tokenisation RSS.
+
+Usage::
+
+    python benchmarks/bench_geneformer.py --quick          # tokenisation + matmul peak only (~1 min)
+    python benchmarks/bench_geneformer.py                  # + embedding with real-size random-weight models
+    python benchmarks/bench_geneformer.py --backed-cells 100000   # + RSS of tokenising a backed h5ad
+
+Every stage runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Data: the 200 real PBMCs of
+the shared mirror (``$SCFM_MIRROR`` or ``../shared``), replicated. The models are random-weight networks with the
+real V1 6-layer (``config_6L_256.json``) and V2 12-layer (``config_12L_512.json``) configurations: compute does
+not depend on the weights. For comparison, the official code on this machine class: tokenizer ~1,500 cells/s (V2,
+h5ad to tokens), EmbExtractor V1 6L ~3.3 cells/s at batch 10 (~20 % of the fp32 matmul peak).
+
+The "official-style" tokenizer line re-creates the official algorithm (scipy ``X / n_counts * 10000 / median``
+on 512-cell chunks, then one ``np.argsort`` per cell) in this process, to compare on the same machine at the same
+moment (shared machines vary). It is not the official code, which also reads the file and builds a dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+
+
+def _mirror() -> Path:
+    env = os.environ.get("SCFM_MIRROR")
+    p = Path(env) if env else REPO.parent / "shared"
+    if not (p / "fixtures" / "geneformer").is_dir():
+        sys.exit(f"shared mirror not found at {p}; set SCFM_MIRROR")
+    return p
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mib() -> float:
+    """Resident set size now (Linux ``/proc``), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _pbmc(n_cells: int):
+    import anndata as ad
+
+    a = ad.read_h5ad(_mirror() / "fixtures" / "geneformer" / "input_pbmc200.h5ad")
+    reps = int(np.ceil(n_cells / a.n_obs))
+    import scipy.sparse as sp
+
+    X = sp.vstack([a.X] * reps).tocsr()[:n_cells]
+    obs = a.obs.iloc[np.tile(np.arange(a.n_obs), reps)[:n_cells]].copy()
+    obs.index = [f"c{i}" for i in range(n_cells)]
+    return ad.AnnData(X, obs=obs, var=a.var.copy())
+
+
+# ---- stages (each runs in a subprocess and prints one JSON line) --------------------------------------------------
+def stage_matmul(_: argparse.Namespace) -> dict:
+    import torch
+
+    out = {}
+    n = 2048
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+        for _ in range(2):
+            a @ b
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            best = max(best, 8 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        out[f"{name}_gflops"] = round(best, 1)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def stage_tokenize(args: argparse.Namespace) -> dict:
+    import scipy.sparse as sp
+
+    from scfm.models.geneformer import build_gene_plan, load_dictionaries, tokenize
+
+    d = load_dictionaries(_mirror() / "resources" / "geneformer" / "v2")
+    a = _pbmc(args.tok_cells)
+    tokenize(a[:500].copy(), d)  # warm-up
+    best = 0.0
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        toks = tokenize(a, d)
+        best = max(best, a.n_obs / (time.perf_counter() - t))
+    # the official algorithm, re-created (see the module docstring), on a 2,000-cell slice
+    plan = build_gene_plan(a.var, d)
+    loc = np.flatnonzero(plan.var_slot >= 0)
+    med = 1 / plan.slot_recip_median
+    tok = plan.slot_token
+    m = min(2000, a.n_obs)
+    X = a.X[:m]
+    n = a.obs["n_counts"].to_numpy()[:m, None]
+    t = time.perf_counter()
+    ref = []
+    for i in range(0, m, 512):
+        Xn = sp.csr_matrix(X[i : i + 512][:, loc] / n[i : i + 512] * 10_000 / med)
+        ref += [tok[Xn[j].indices][np.argsort(-Xn[j].data)] for j in range(Xn.shape[0])]
+    official_style = m / (time.perf_counter() - t)
+    return {
+        "cells": a.n_obs,
+        "cells_per_s": round(best),
+        "official_style_cells_per_s": round(official_style),
+        "speedup_vs_official_style": round(best / official_style, 1),
+        "speedup_vs_official_1500": round(best / 1500, 1),
+        "mean_tokens": round(float(toks.lengths.mean()), 1),
+        "peak_rss_mib": round(_rss_mib()),
+    }
+
+
+def _random_model(version: str, config: str):
+    import torch
+
+    from scfm.models.geneformer import BertConfig, GeneformerModel, GeneformerNetwork, load_dictionaries
+
+    res = _mirror() / "resources" / "geneformer" / version.lower()
+    cfg = BertConfig.from_json(res / config)
+    torch.manual_seed(0)
+    net = GeneformerNetwork(cfg)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return GeneformerModel(net, load_dictionaries(res), device="cpu", random_weights=True)
+
+
+def _flops_per_cell(cfg, lens: np.ndarray, n_layers: int) -> float:
+    """Matmul FLOPs of ``n_layers`` encoder layers (projections, MLP, attention scores and values)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    per_tok = 2 * (4 * h * h + 2 * h * i)
+    return float(np.sum(n_layers * (per_tok * lens + 4 * lens.astype(np.float64) ** 2 * h)))
+
+
+def stage_embed(args: argparse.Namespace) -> dict:
+    import torch
+
+    from scfm.models import CellData
+
+    version, config, n_cells, precision = args.model.split(":")
+    m = _random_model(version, config)
+    torch.set_num_threads(int(args.threads) if args.threads else torch.get_num_threads())
+    a = _pbmc(200)[: int(n_cells)].copy()
+    from scfm.models.geneformer import tokenize
+
+    lens = tokenize(a, m).lengths
+    cd = CellData(a)
+    m.embed(CellData(a[:2].copy()), batch_size=2, device="cpu", precision=precision)  # warm-up
+    key = "fp32" if precision == "float32" else "bf16"
+    peak_before = stage_matmul(args)[f"{key}_gflops"]  # the same moment: shared machines vary
+    t = time.perf_counter()
+    m.embed(cd, batch_size=10, device="cpu", precision=precision)
+    dt = time.perf_counter() - t
+    peak = max(peak_before, stage_matmul(args)[f"{key}_gflops"])
+    n_layers = m.network.layer_to_quant(-1)
+    flops = _flops_per_cell(m.network.config, lens, n_layers)
+    return {
+        "model": f"{version} {config}",
+        "precision": precision,
+        "cells": int(n_cells),
+        "mean_tokens": round(float(lens.mean()), 1),
+        "layers_run": n_layers,
+        "cells_per_s": round(int(n_cells) / dt, 2),
+        "tokens_per_s": round(float(lens.sum()) / dt),
+        "gflops_per_s": round(flops / dt / 1e9, 1),
+        "matmul_peak_now": peak,
+        "pct_of_matmul_peak": round(100 * flops / dt / 1e9 / peak, 1),
+        "peak_rss_mib": round(_rss_mib()),
+    }
+
+
+def stage_write_backed(args: argparse.Namespace) -> dict:
+    """Write a big h5ad chunk by chunk (never all in memory)."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+
+    base = _pbmc(200)
+    n = int(args.backed_cells)
+    path = Path(args.path)
+    first = ad.AnnData(base.X, obs=base.obs.iloc[:0].copy().reindex(base.obs_names), var=base.var)
+    first.obs = base.obs.copy()
+    first.write_h5ad(path)
+    t = time.perf_counter()
+    with h5py.File(path, "r+") as f:
+        Xd = ad.io.sparse_dataset(f["X"])
+        done = base.n_obs
+        while done < n:
+            k = min(base.n_obs, n - done)
+            Xd.append(base.X[:k])
+            done += k
+        obs = pd.DataFrame(
+            {"n_counts": np.tile(base.obs["n_counts"].to_numpy(), n // base.n_obs + 1)[:n]},
+            index=[f"c{i}" for i in range(n)],
+        )
+        del f["obs"]
+        ad.io.write_elem(f, "obs", obs)
+    return {"cells": n, "file_mib": round(path.stat().st_size / 2**20), "write_s": round(time.perf_counter() - t, 1)}
+
+
+def stage_tokenize_backed(args: argparse.Namespace) -> dict:
+    import anndata as ad
+
+    from scfm.models import CellData
+    from scfm.models.geneformer import build_gene_plan, iter_tokenized, load_dictionaries
+
+    d = load_dictionaries(_mirror() / "resources" / "geneformer" / "v2")
+    a = ad.read_h5ad(args.path, backed="r")
+    cd = CellData(a, chunk_size=int(args.chunk))
+    plan = build_gene_plan(cd.var, d)
+    before = _current_rss_mib()
+    t = time.perf_counter()
+    n_tok = 0
+    rss: list[float] = []
+    for _, toks, _ in iter_tokenized(cd, plan, d):
+        n_tok += int(toks.lengths.sum())  # streamed: tokens are not kept
+        rss.append(_current_rss_mib())
+    dt = time.perf_counter() - t
+    a.file.close()
+    k = max(1, len(rss) // 4)
+    return {"cells": a.n_obs, "chunk": int(args.chunk), "cells_per_s": round(a.n_obs / dt), "tokens": n_tok,
+            "rss_before_mib": round(before), "rss_during_mib": [round(x) for x in rss[::k]],
+            "peak_rss_mib": round(_rss_mib())}
+
+
+STAGES = {
+    "matmul": stage_matmul,
+    "tokenize": stage_tokenize,
+    "embed": stage_embed,
+    "write_backed": stage_write_backed,
+    "tokenize_backed": stage_tokenize_backed,
+}
+
+
+def _run(stage: str, **kw) -> dict:
+    cmd = [sys.executable, str(HERE), "--stage", stage]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tokenisation and matmul peak only")
+    p.add_argument("--tok-cells", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cells-v1", type=int, default=200)
+    p.add_argument("--cells-v2", type=int, default=40)
+    p.add_argument("--backed-cells", type=int, default=0, help="also tokenise a backed h5ad of this many cells")
+    p.add_argument("--chunk", type=int, default=10_000)
+    p.add_argument("--threads", default="")
+    # internal
+    p.add_argument("--stage", default="")
+    p.add_argument("--model", default="")
+    p.add_argument("--path", default="")
+    args = p.parse_args()
+
+    if args.stage:
+        print(json.dumps(STAGES[args.stage](args)))
+        return
+
+    results: dict = {}
+    peak = _run("matmul")
+    results["matmul_peak"] = peak
+    print(f"matmul peak: fp32 {peak['fp32_gflops']} GFLOP/s, bf16 {peak['bf16_gflops']} GFLOP/s "
+          f"({peak['threads']} threads)")
+    tok = _run("tokenize", tok_cells=args.tok_cells, repeats=args.repeats)
+    results["tokenize"] = tok
+    print(f"tokenize V2, {tok['cells']} PBMC cells in memory: {tok['cells_per_s']} cells/s "
+          f"(official-style here: {tok['official_style_cells_per_s']} cells/s, x{tok['speedup_vs_official_style']}; "
+          f"vs official 1,500 cells/s: x{tok['speedup_vs_official_1500']}), peak RSS {tok['peak_rss_mib']} MiB")
+    if not args.quick:
+        for spec in (f"V1:config_6L_256.json:{args.cells_v1}", f"V2:config_12L_512.json:{args.cells_v2}"):
+            for prec in ("float32", "bfloat16"):
+                r = _run("embed", model=f"{spec}:{prec}", threads=args.threads)
+                key = "fp32" if prec == "float32" else "bf16"
+                results.setdefault("embed", []).append(r)
+                extra = f", x{r['cells_per_s'] / 3.3:.1f} vs official 3.3 cells/s" if spec.startswith("V1") else ""
+                print(f"embed {r['model']} {prec}, batch 10, {r['cells']} cells (mean {r['mean_tokens']} tokens, "
+                      f"{r['layers_run']} layers run): {r['cells_per_s']} cells/s, {r['tokens_per_s']} tokens/s, "
+                      f"{r['gflops_per_s']} GFLOP/s = {r['pct_of_matmul_peak']} % of the {key} matmul peak measured "
+                      f"around it ({r['matmul_peak_now']}){extra}; "
+                      f"peak RSS {r['peak_rss_mib']} MiB")
+    if args.backed_cells:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "big.h5ad"
+            w = _run("write_backed", backed_cells=args.backed_cells, path=path)
+            r = _run("tokenize_backed", path=path, chunk=args.chunk)
+            results["backed"] = {**w, **r}
+            print(f"tokenize backed h5ad, {r['cells']} cells ({w['file_mib']} MiB file), chunk {r['chunk']}: "
+                  f"{r['cells_per_s']} cells/s; RSS before {r['rss_before_mib']} MiB, during (every quarter) "
+                  f"{r['rss_during_mib']} MiB, peak {r['peak_rss_mib']} MiB")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

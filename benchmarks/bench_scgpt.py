@@ -1,0 +1,163 @@
+"""scGPT cell-embedding throughput with the real-size whole-human architecture (random weights).
+
+12 layers, 512 wide, 8 heads, d_hid 512, 60,697-token vocabulary (the census vocabulary from the mirror);
+PBMC cells (raw counts), max_length 1200, batch 16, through the public ``scfm.tl.embed`` call. Each precision
+runs in its own process so its peak RSS is its own. Reports cells/s, tokens/s, model GFLOP/s and the % of the
+matmul peak measured in the same process right before and after the timed run (fp32 and bf16
+GEMM, 2048^3; on a shared machine this tracks the load), and peak RSS.
+
+Model FLOPs count all 12 layers on every real (non-pad) token: 2 * (4 d^2 + 2 d d_hid) per token per layer for
+the projections and feed-forward, and 4 * L * d per token per layer for attention (L = the cell's length).
+scfm skips work the output does not need (padding is minimised by length sorting, the last layer computes only
+the <cls> query), so the % of peak it reaches can exceed what the same kernels would do on the full model.
+
+Reference (issue 4): the official ``scgpt.tasks.embed_data`` does ~0.9 cells/s on 2 cores at max_length 1200,
+batch 16 (~20 % of an fp32 matmul peak of ~360 GFLOP/s).
+
+Usage::
+
+    python benchmarks/bench_scgpt.py            # 200 PBMCs (the shared 200-cell set), fp32 and bf16
+    python benchmarks/bench_scgpt.py --quick    # 48 cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("SCFM_MIRROR", REPO.parent / "shared"))
+OFFICIAL_CELLS_PER_S = 0.9
+
+D, NHEAD, D_HID, NLAYERS = 512, 8, 512, 12
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 10) -> float:
+    """Best GFLOP/s of an n×n×n GEMM."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def model_flops(lengths) -> float:
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.float64)
+    per_token_layer = 2 * (4 * D * D + 2 * D * D_HID) + 4 * lengths * D
+    return float(NLAYERS * (lengths * per_token_layer).sum())
+
+
+def build_model():
+    import torch
+
+    from scfm.models.scgpt import ScGPTModel
+    from scfm.models.scgpt._checkpoint import ScGPTConfig, read_vocab
+    from scfm.models.scgpt._network import ScGPTEncoder
+
+    vocab = read_vocab(MIRROR / "resources" / "scgpt" / "default_census_vocab.json")
+    config = ScGPTConfig(embsize=D, nheads=NHEAD, d_hid=D_HID, nlayers=NLAYERS)
+    torch.manual_seed(0)
+    net = ScGPTEncoder(config, len(vocab))
+    return ScGPTModel(network=net, vocab=vocab, config=config, name="scgpt-random-12x512", random_weights=True)
+
+
+def run_one(precision: str, n_cells: int, batch_size: int, max_length: int) -> dict:
+    import anndata as ad
+    import numpy as np
+
+    import scfm
+    from scfm.models import CellData
+
+    scfm.settings.verbosity = 1
+    adata = ad.read_h5ad(MIRROR / "data" / "pbmc" / "pbmc_10k_protein_v3_200cells.h5ad")
+    if n_cells > adata.n_obs:  # more cells than the file has: repeat it (new names, same counts)
+        reps = -(-n_cells // adata.n_obs)
+        adata = ad.concat([adata] * reps, index_unique="-")
+    adata = adata[:n_cells].copy()
+    m = build_model()
+    t = time.perf_counter()
+    tok = m.tokenize(CellData(adata), max_length=max_length, seed=0)
+    t_tok = time.perf_counter() - t
+    lengths = tok.lengths
+    warm = adata[: min(batch_size, n_cells)].copy()
+    scfm.tl.embed(warm, model=m, batch_size=batch_size, max_length=max_length, precision=precision, device="cpu")
+    # the matmul peak is measured right before and after the timed run (the machine may be shared)
+    peak_before = {k: matmul_peak(k) for k in ("float32", "bfloat16")}
+    t = time.perf_counter()
+    scfm.tl.embed(adata, model=m, batch_size=batch_size, max_length=max_length, precision=precision, device="cpu")
+    wall = time.perf_counter() - t
+    peak = {k: (v + matmul_peak(k)) / 2 for k, v in peak_before.items()}
+    assert np.isfinite(adata.obsm["X_scgpt"]).all()
+    return {
+        "precision": precision,
+        "cells": n_cells,
+        "tokens_per_cell": float(lengths.mean()),
+        "tokenize_cells_per_s": n_cells / t_tok,
+        "seconds": wall,
+        "cells_per_s": n_cells / wall,
+        "tokens_per_s": float(lengths.sum()) / wall,
+        "gflops": model_flops(lengths) / wall / 1e9,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "matmul_peak": peak,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=1200)
+    p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--quick", action="store_true", help="48 cells")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    n = 48 if args.quick else args.cells
+    if args.child:
+        print(json.dumps(run_one(args.child, n, args.batch_size, args.max_length)))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scGPT 12 x 512 (random weights), "
+          f"{n} PBMC cells, max_length {args.max_length}, batch {args.batch_size}")
+    rows = []
+    for prec in args.precision:
+        cmd = [sys.executable, __file__, "--child", prec, "--cells", str(n), "--batch-size", str(args.batch_size),
+               "--max-length", str(args.max_length)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'precision':>9} {'cells/s':>8} {'x official':>10} {'tokens/s':>9} {'GFLOP/s':>8} {'% peak':>12} "
+          f"{'peak RSS':>9} {'tok/cell':>8} {'tokenise':>10}")
+    for r in rows:
+        peaks = r["matmul_peak"]
+        peak = peaks["bfloat16" if r["precision"] == "bfloat16" else "float32"]
+        pct_fp32 = 100 * r["gflops"] / peaks["float32"]
+        pct = f"{100 * r['gflops'] / peak:.0f}%" + (f" ({pct_fp32:.0f}% fp32)" if r["precision"] != "float32" else "")
+        print(f"{r['precision']:>9} {r['cells_per_s']:8.2f} {r['cells_per_s'] / OFFICIAL_CELLS_PER_S:9.1f}x "
+              f"{r['tokens_per_s']:9.0f} {r['gflops']:8.0f} {pct:>12} {r['peak_rss_mib']:7.0f}Mi "
+              f"{r['tokens_per_cell']:8.0f} {r['tokenize_cells_per_s']:7.0f}/s")
+    for r in rows:
+        pk = r["matmul_peak"]
+        print(f"{r['precision']}: matmul peak around the run (2048^3 GEMM) fp32 {pk['float32']:.0f} GFLOP/s, "
+              f"bf16 {pk['bfloat16']:.0f} GFLOP/s")
+    print(f"official embed_data reference: {OFFICIAL_CELLS_PER_S} cells/s (fp32, same settings, issue 4)")
+
+
+if __name__ == "__main__":
+    main()
