@@ -318,7 +318,7 @@ def test_registry_entries(shared):
     from scfm._io.safe import sha256sum
 
     df = scfm.models.list("geneformer")
-    names = {"Geneformer-V1-10M", "Geneformer-V2-104M", "Geneformer-V2-316M", "Geneformer-V2-104M_CLcancer"}
+    names = {"geneformer-v1-10m", "geneformer-v2-104m", "geneformer-v2-316m", "geneformer-v2-104m-clcancer"}
     assert names <= set(df.index)
     for name in names:
         e = scfm.models.info(name)
@@ -327,9 +327,9 @@ def test_registry_entries(shared):
         for f in e.resources:
             assert f.hf_repo == "ctheodoris/Geneformer" and f.mirror_path
             assert sha256sum(shared / f.mirror_path) == f.sha256
-    assert scfm.models.info("Geneformer-V1-10M").input_length == 2048
+    assert scfm.models.info("geneformer-v1-10m").input_length == 2048
     cfg = json.loads((shared / "resources/geneformer/v1/config_6L_256.json").read_text())
-    assert cfg["hidden_size"] == scfm.models.info("Geneformer-V1-10M").embedding_dim
+    assert cfg["hidden_size"] == scfm.models.info("geneformer-v1-10m").embedding_dim
 
 
 def test_near_ties_ordered_by_full_value():
@@ -359,7 +359,7 @@ def test_near_ties_ordered_by_full_value():
     assert list(first[:2]) in ([2 + 2 * k + 1, 2 + 2 * k] for k in range(n_genes // 2))
 
 
-@pytest.mark.parametrize(("name", "tiny"), [("Geneformer-V1-10M", "tiny-v1"), ("Geneformer-V2-104M", "tiny-v2")])
+@pytest.mark.parametrize(("name", "tiny"), [("geneformer-v1-10m", "tiny-v1"), ("geneformer-v2-104m", "tiny-v2")])
 def test_release_dictionaries_come_from_the_mirror(gf, name, tiny, tmp_path):
     """The registry's dictionary files resolve (sha256-verified) from the mirror under their release names."""
     from scfm._io.download import fetch

@@ -88,27 +88,36 @@ def geneformer_tutorial() -> None:
             ),
             md(
                 "## Cell embeddings\nGene symbols are mapped to Ensembl IDs through the model's own dictionaries; "
-                "the coverage is recorded in the provenance."
+                "the coverage is recorded in the provenance. `pooling=\"mean\"` averages the gene tokens of the "
+                "second-to-last layer, as the official `EmbExtractor` does by default; V2 models also offer "
+                "`pooling=\"cls\"`."
             ),
             code(
-                'scfm.tl.embed(adata, model=geneformer_model, pooling="cls", batch_size=8)\n'
+                'scfm.tl.embed(adata, model=geneformer_model, pooling="mean", batch_size=8)\n'
                 'scfm.tl.embed(adata, model="pca")\n'
                 'prov = adata.uns["scfm"]["X_geneformer"]\n'
                 '{k: prov[k] for k in ("model", "coverage", "n_cells_used") if k in prov}'
             ),
-            code('fig = scfm.pl.embeddings(adata, ["X_geneformer", "X_pca"], show=False)'),
+            md("Clusters from the PCA baseline colour both UMAPs, so the two embeddings can be compared cell by cell."),
+            code(
+                'sc.pp.neighbors(adata, use_rep="X_pca")\nsc.tl.leiden(adata, flavor="igraph", n_iterations=2, '
+                'directed=False, key_added="cluster")\n'
+                'fig = scfm.pl.embeddings(adata, ["X_geneformer", "X_pca"], color="cluster", show=False)'
+            ),
             md(
                 "## In-silico deletion\nDelete *CD74* (an MHC class II chaperone, high in B cells and monocytes) "
                 "and measure, per cell, the cosine similarity between the original and the perturbed embedding."
             ),
             code(
                 'scfm.tl.in_silico_perturb(adata, ["CD74"], model=geneformer_model, perturbation="delete",\n'
-                '                          pooling="cls", batch_size=8)\n'
+                '                          pooling="mean", batch_size=8)\n'
                 'adata.uns["geneformer_perturbation_summary"]'
             ),
+            md(
+                "Cells that do not express the gene are not perturbed: their row is NaN, and the summary counts the "
+                "cells in which the gene was expressed."
+            ),
             code(
-                'sc.pp.neighbors(adata, use_rep="X_pca")\nsc.tl.leiden(adata, flavor="igraph", n_iterations=2, '
-                'directed=False, key_added="cluster")\n'
                 'fig = scfm.pl.perturbation(adata, "geneformer_perturbation", groupby="cluster", kind="box", '
                 "show=False)"
             ),

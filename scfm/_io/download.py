@@ -558,17 +558,32 @@ def _entry_root(entry: ModelEntry) -> Path:
     return settings.cachedir / "models" / entry.name
 
 
-def _iter_entry_files(entry: ModelEntry) -> Iterator[tuple[str, RemoteFile]]:
-    for f in entry.checkpoint:
-        yield "checkpoint", f
-    for f in entry.resources:
-        yield "resources", f
+_PARTS = ("checkpoint", "resources")
 
 
-def fetch_entry(entry: ModelEntry, *, force: bool = False) -> dict[str, Path]:
+def _iter_entry_files(entry: ModelEntry, parts: tuple[str, ...] = _PARTS) -> Iterator[tuple[str, RemoteFile]]:
+    if "checkpoint" in parts:
+        for f in entry.checkpoint:
+            yield "checkpoint", f
+    if "resources" in parts:
+        for f in entry.resources:
+            yield "resources", f
+
+
+def fetch_entry(entry: ModelEntry, *, force: bool = False, parts: tuple[str, ...] = _PARTS) -> dict[str, Path]:
     """Fetch every file of a release into ``<cachedir>/models/<name>/{checkpoint,resources}/``.
 
     In offline mode, one error names every file that is missing, with its source.
+
+    Parameters
+    ----------
+    entry
+        The release.
+    force
+        Download again even when a verified copy is cached.
+    parts
+        Which of the release's file groups to fetch (``"checkpoint"``, ``"resources"``): a caller that has the
+        checkpoint locally fetches only the resources.
 
     Returns
     -------
@@ -579,7 +594,7 @@ def fetch_entry(entry: ModelEntry, *, force: bool = False) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     missing: list[str] = []
     manual: list[str] = []
-    for kind, f in _iter_entry_files(entry):
+    for kind, f in _iter_entry_files(entry, parts):
         try:
             p = fetch(f, root / kind, force=force)
         except OfflineError:
@@ -647,7 +662,7 @@ def _safe_extract(archive: Path, folder: Path) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def fetch_entry_folders(entry: ModelEntry) -> tuple[Path | None, Path | None]:
+def fetch_entry_folders(entry: ModelEntry, parts: tuple[str, ...] = _PARTS) -> tuple[Path | None, Path | None]:
     """Folders holding a release's files in the official layout, for the family loaders.
 
     Files are fetched with :func:`fetch_entry`; tar archives among them (e.g. UCE's protein embeddings) are
@@ -656,13 +671,13 @@ def fetch_entry_folders(entry: ModelEntry) -> tuple[Path | None, Path | None]:
     Returns
     -------
     ``(checkpoint_dir, resources_dir)``: ``<cachedir>/models/<name>/checkpoint`` and ``.../resources``, or ``None``
-    for a release without checkpoint or resource files.
+    for a release without checkpoint or resource files, or for a part not in ``parts``.
     """
-    fetch_entry(entry)
+    fetch_entry(entry, parts=parts)
     root = _entry_root(entry)
     out: list[Path | None] = []
     for kind, files in (("checkpoint", entry.checkpoint), ("resources", entry.resources)):
-        if not files:
+        if not files or kind not in parts:
             out.append(None)
             continue
         folder = root / kind

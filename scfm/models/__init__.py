@@ -146,10 +146,12 @@ def load(
         family = entry.family
         loader = get_loader(family)
         fetch_files = getattr(loader, "fetch_files", True)  # False: the loader fails before needing files
-        if fetch_files and not entry.weights_free and (checkpoint is None or (resources is None and entry.resources)):
+        wanted = (("checkpoint", checkpoint, entry.checkpoint), ("resources", resources, entry.resources))
+        parts = tuple(kind for kind, given, files in wanted if given is None and files)
+        if fetch_files and not entry.weights_free and parts:  # fetch only what the caller did not give
             from .._io.download import fetch_entry_folders
 
-            ckpt_dir, res_dir = fetch_entry_folders(entry)
+            ckpt_dir, res_dir = fetch_entry_folders(entry, parts=parts)
             checkpoint = checkpoint if checkpoint is not None else ckpt_dir
             resources = resources if resources is not None else res_dir
         options = {**entry.load_options, **options}

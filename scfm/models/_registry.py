@@ -143,7 +143,7 @@ def get_entry(name: str) -> ModelEntry:
     except KeyError:
         import difflib
 
-        close = difflib.get_close_matches(name, list(ENTRIES) + list(_FAMILIES), n=5)
+        close = difflib.get_close_matches(name, list(dict.fromkeys([*ENTRIES, *_FAMILIES])), n=5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise KeyError(
             f"No model named {name!r} in the scfm registry.{hint} See `scfm.models.list()`; a model family name "

@@ -171,6 +171,8 @@ def perturbation(
     kw = {"cut": 0, "inner": "quartile"} if kind == "violin" else {}
     plotter(data=long, x="perturbation", y="shift", hue=hue, ax=ax, **kw)
     ax.set_ylabel("embedding shift (1 − cosine similarity)")
+    if hue is not None and ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=groupby, frameon=False)
     title = key
     prov = adata.uns.get(Key.uns.root, {}).get(key, {})
     if prov.get("random_weights"):

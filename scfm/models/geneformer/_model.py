@@ -474,15 +474,18 @@ def _checkpoint(folder: str, weights: tuple[str, ...] = ("model.safetensors",)) 
 
 
 _RELEASES = (
-    # name, folder, version, parameters, hidden, layers, input, description
-    ("Geneformer-V1-10M", "V1", 10_000_000, 256, 2048, "V1: 6 layers, 256 dims, pretrained on Genecorpus-30M."),
-    ("Geneformer-V2-104M", "V2", 104_000_000, 768, 4096, "V2: 12 layers, 768 dims, pretrained on Genecorpus-104M."),
-    ("Geneformer-V2-316M", "V2", 316_000_000, 1152, 4096, "V2: 18 layers, 1152 dims, pretrained on Genecorpus-104M."),
-    ("Geneformer-V2-104M_CLcancer", "V2", 104_000_000, 768, 4096,
+    # registry name, folder in the hub repository, version, parameters, hidden size, input length, description
+    ("geneformer-v1-10m", "Geneformer-V1-10M", "V1", 10_000_000, 256, 2048,
+     "V1: 6 layers, 256 dims, pretrained on Genecorpus-30M."),
+    ("geneformer-v2-104m", "Geneformer-V2-104M", "V2", 104_000_000, 768, 4096,
+     "V2: 12 layers, 768 dims, pretrained on Genecorpus-104M."),
+    ("geneformer-v2-316m", "Geneformer-V2-316M", "V2", 316_000_000, 1152, 4096,
+     "V2: 18 layers, 1152 dims, pretrained on Genecorpus-104M."),
+    ("geneformer-v2-104m-clcancer", "Geneformer-V2-104M_CLcancer", "V2", 104_000_000, 768, 4096,
      "V2-104M with continual learning on ~14M cancer cells."),
 )
 
-for _name, _ver, _nparam, _dim, _inp, _desc in _RELEASES:
+for _name, _folder, _ver, _nparam, _dim, _inp, _desc in _RELEASES:
     register_model(
         ModelEntry(
             name=_name,
@@ -495,8 +498,8 @@ for _name, _ver, _nparam, _dim, _inp, _desc in _RELEASES:
             input_length=_inp,
             license=_LICENSE,
             citation=_CITE_V1 if _ver == "V1" else _CITE_V2,
-            source=f"https://huggingface.co/{_HF}/tree/main/{_name}",
-            checkpoint=_checkpoint(_name),
+            source=f"https://huggingface.co/{_HF}/tree/main/{_folder}",
+            checkpoint=_checkpoint(_folder),
             resources=_v1_resources() if _ver == "V1" else _v2_resources(),
             description=_desc + " Layer count / dims as on the model card; the loader reads config.json.",
         )
