@@ -339,6 +339,7 @@ def test_hub_file_verified_and_revision_recorded(online: Path, monkeypatch) -> N
     import huggingface_hub
 
     content = b"weights" * 100
+    monkeypatch.setattr(dl, "_check_hub_reachable", lambda what: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(content))
     f = RemoteFile("w.bin", hf_repo="org/model", hf_filename="sub/w.bin")
     p = dl.fetch(f, online / "t")
@@ -369,6 +370,7 @@ def test_gated_repo_error_says_what_to_do(online: Path, monkeypatch) -> None:
     def gated(**kw):
         raise errors.GatedRepoError("403 Client Error: access to model MahmoodLab/UNI is restricted", response=response)
 
+    monkeypatch.setattr(dl, "_check_hub_reachable", lambda what: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
     with pytest.raises(dl.GatedRepoError) as e:
         dl.fetch(RemoteFile("pytorch_model.bin", hf_repo="MahmoodLab/UNI"), online / "t")
@@ -387,3 +389,35 @@ def test_cache_can_move_to_another_machine(server: _Server, online: Path, shared
     monkeypatch.setattr(scfm.settings, "offline", True)
     p = dl.fetch(f)
     assert p.is_relative_to(moved) and _sha(p) == _sha(shared / SMALL)
+
+
+def test_unreachable_hub_fails_fast_with_advice(online: Path, monkeypatch) -> None:
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as sock:  # a port on loopback that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(dl, "_HUB_PROBE", {})
+    t0 = time.perf_counter()
+    with pytest.raises(dl.DownloadError, match="cannot reach the Hugging Face hub") as e:
+        dl.fetch(RemoteFile("config.json", hf_repo="org/model"), online / "t")
+    assert time.perf_counter() - t0 < 10
+    assert "SCFM_MIRROR" in str(e.value) or "cache" in str(e.value)
+    assert not (online / "t" / "config.json").exists()
+
+
+def test_hub_connection_error_is_not_reported_as_missing_file(online: Path, monkeypatch) -> None:
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def no_network(**kw):
+        raise errors.LocalEntryNotFoundError("connection error and the file is not in the local cache")
+
+    monkeypatch.setattr(dl, "_check_hub_reachable", lambda what: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(dl.DownloadError, match="could not reach the Hugging Face hub"):
+        dl.fetch(RemoteFile("config.json", hf_repo="org/model"), online / "t")

@@ -415,6 +415,39 @@ def _write_record(
     _write_json_atomic(_sidecar(dest), data)
 
 
+_HUB_PROBE: dict[str, tuple[float, str | None]] = {}
+
+
+def _check_hub_reachable(what: str) -> None:
+    """Fail fast (one TCP connect, 5 s) when the hub's host cannot be reached.
+
+    Without this, ``hf_hub_download`` retries with back-off for ~30 s per file before it gives up, which makes an
+    offline machine look hung. The result is remembered for a minute.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    key = f"{host}:{port}"
+    now = time.monotonic()
+    if key not in _HUB_PROBE or now - _HUB_PROBE[key][0] > 60:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            _HUB_PROBE[key] = (now, None)
+        except OSError as e:
+            _HUB_PROBE[key] = (now, str(e))
+    err = _HUB_PROBE[key][1]
+    if err is not None:
+        raise DownloadError(
+            f"cannot reach the Hugging Face hub ({key}: {err}) to download {what}. Check the network connection, "
+            "set HF_ENDPOINT for a hub mirror, or fetch the files on another machine: "
+            + _how_to_fetch_elsewhere()
+        )
+
+
 def _download_hf(file: RemoteFile, dest: Path) -> None:
     """Fetch a Hugging Face file into scfm's hub cache, verify it, and link it into ``dest``."""
     try:
@@ -426,6 +459,7 @@ def _download_hf(file: RemoteFile, dest: Path) -> None:
     assert file.hf_repo is not None
     filename = file.hf_filename or file.filename
     page = f"https://huggingface.co/{file.hf_repo}"
+    _check_hub_reachable(f"{file.hf_repo}/{filename}")
     try:
         local = hf_hub_download(
             repo_id=file.hf_repo,
@@ -446,13 +480,13 @@ def _download_hf(file: RemoteFile, dest: Path) -> None:
         ) from e
     except hf_errors.RevisionNotFoundError as e:
         raise DownloadError(f"revision {file.revision!r} of {file.hf_repo} does not exist ({page}).") from e
-    except hf_errors.EntryNotFoundError as e:
-        raise DownloadError(f"{filename!r} is not in {file.hf_repo}@{file.revision or 'main'} ({page}/tree).") from e
     except hf_errors.LocalEntryNotFoundError as e:
         raise DownloadError(
             f"could not reach the Hugging Face hub for {file.hf_repo}/{filename} and it is not in the hub cache: "
             f"{e}. Check the network connection (or set HF_ENDPOINT for a hub mirror)."
         ) from e
+    except hf_errors.EntryNotFoundError as e:
+        raise DownloadError(f"{filename!r} is not in {file.hf_repo}@{file.revision or 'main'} ({page}/tree).") from e
     except hf_errors.HfHubHTTPError as e:
         raise DownloadError(f"HTTP error from the Hugging Face hub for {file.hf_repo}/{filename}: {e}") from e
 
