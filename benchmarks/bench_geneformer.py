@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,61 +28,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_capability, current_rss_mib, matmul_peak_gflops, mirror, pbmc_replicas, peak_rss_mib
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 
 
 def _mirror() -> Path:
-    env = os.environ.get("SCFM_MIRROR")
-    p = Path(env) if env else REPO.parent / "shared"
-    if not (p / "fixtures" / "geneformer").is_dir():
-        sys.exit(f"shared mirror not found at {p}; set SCFM_MIRROR")
-    return p
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _current_rss_mib() -> float:
-    """Resident set size now (Linux ``/proc``), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return mirror("fixtures/geneformer")
 
 
 def _pbmc(n_cells: int):
-    import anndata as ad
-
-    a = ad.read_h5ad(_mirror() / "fixtures" / "geneformer" / "input_pbmc200.h5ad")
-    reps = int(np.ceil(n_cells / a.n_obs))
-    import scipy.sparse as sp
-
-    X = sp.vstack([a.X] * reps).tocsr()[:n_cells]
-    obs = a.obs.iloc[np.tile(np.arange(a.n_obs), reps)[:n_cells]].copy()
-    obs.index = [f"c{i}" for i in range(n_cells)]
-    return ad.AnnData(X, obs=obs, var=a.var.copy())
+    return pbmc_replicas(n_cells, _mirror() / "fixtures" / "geneformer" / "input_pbmc200.h5ad")
 
 
 # ---- stages (each runs in a subprocess and prints one JSON line) --------------------------------------------------
 def stage_matmul(_: argparse.Namespace) -> dict:
     import torch
 
-    out = {}
-    n = 2048
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-        for _ in range(2):
-            a @ b
-        best = 0.0
-        for _ in range(3):
-            t = time.perf_counter()
-            for _ in range(8):
-                a @ b
-            best = max(best, 8 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
-        out[f"{name}_gflops"] = round(best, 1)
-    out["threads"] = torch.get_num_threads()
-    return out
+    return {
+        "fp32_gflops": round(matmul_peak_gflops("float32"), 1),
+        "bf16_gflops": round(matmul_peak_gflops("bfloat16"), 1),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": cpu_capability(),
+    }
 
 
 def stage_tokenize(args: argparse.Namespace) -> dict:
@@ -121,7 +88,7 @@ def stage_tokenize(args: argparse.Namespace) -> dict:
         "speedup_vs_official_style": round(best / official_style, 1),
         "speedup_vs_official_1500": round(best / 1500, 1),
         "mean_tokens": round(float(toks.lengths.mean()), 1),
-        "peak_rss_mib": round(_rss_mib()),
+        "peak_rss_mib": round(peak_rss_mib()),
     }
 
 
@@ -179,7 +146,7 @@ def stage_embed(args: argparse.Namespace) -> dict:
         "gflops_per_s": round(flops / dt / 1e9, 1),
         "matmul_peak_now": peak,
         "pct_of_matmul_peak": round(100 * flops / dt / 1e9 / peak, 1),
-        "peak_rss_mib": round(_rss_mib()),
+        "peak_rss_mib": round(peak_rss_mib()),
     }
 
 
@@ -222,19 +189,19 @@ def stage_tokenize_backed(args: argparse.Namespace) -> dict:
     a = ad.read_h5ad(args.path, backed="r")
     cd = CellData(a, chunk_size=int(args.chunk))
     plan = build_gene_plan(cd.var, d)
-    before = _current_rss_mib()
+    before = current_rss_mib()
     t = time.perf_counter()
     n_tok = 0
     rss: list[float] = []
     for _, toks, _ in iter_tokenized(cd, plan, d):
         n_tok += int(toks.lengths.sum())  # streamed: tokens are not kept
-        rss.append(_current_rss_mib())
+        rss.append(current_rss_mib())
     dt = time.perf_counter() - t
     a.file.close()
     k = max(1, len(rss) // 4)
     return {"cells": a.n_obs, "chunk": int(args.chunk), "cells_per_s": round(a.n_obs / dt), "tokens": n_tok,
             "rss_before_mib": round(before), "rss_during_mib": [round(x) for x in rss[::k]],
-            "peak_rss_mib": round(_rss_mib())}
+            "peak_rss_mib": round(peak_rss_mib())}
 
 
 STAGES = {
@@ -280,15 +247,22 @@ def main() -> None:
     peak = _run("matmul")
     results["matmul_peak"] = peak
     print(f"matmul peak: fp32 {peak['fp32_gflops']} GFLOP/s, bf16 {peak['bf16_gflops']} GFLOP/s "
-          f"({peak['threads']} threads)")
+          f"({peak['threads']} threads, CPU capability {peak['cpu_capability']})")
     tok = _run("tokenize", tok_cells=args.tok_cells, repeats=args.repeats)
     results["tokenize"] = tok
     print(f"tokenize V2, {tok['cells']} PBMC cells in memory: {tok['cells_per_s']} cells/s "
           f"(official-style here: {tok['official_style_cells_per_s']} cells/s, x{tok['speedup_vs_official_style']}; "
           f"vs official 1,500 cells/s: x{tok['speedup_vs_official_1500']}), peak RSS {tok['peak_rss_mib']} MiB")
+    from scfm._torch import cpu_has_native_bf16
+
+    native_bf16 = cpu_has_native_bf16()
     if not args.quick:
         for spec in (f"V1:config_6L_256.json:{args.cells_v1}", f"V2:config_12L_512.json:{args.cells_v2}"):
             for prec in ("float32", "bfloat16"):
+                if prec == "bfloat16" and not native_bf16:
+                    print(f"embed {spec.split(':')[1]} bfloat16: skipped, this CPU has no native bf16 "
+                          f"(bf16 matmul peak {peak['bf16_gflops']} GFLOP/s)")
+                    continue
                 r = _run("embed", model=f"{spec}:{prec}", threads=args.threads)
                 key = "fp32" if prec == "float32" else "bf16"
                 results.setdefault("embed", []).append(r)

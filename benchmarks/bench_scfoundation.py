@@ -25,12 +25,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from common import matmul_peak_gflops, mirror, pbmc_replicas
 
 
 def _rss_peak_gib() -> float:
@@ -43,19 +43,8 @@ def _rss_now_gib() -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
-    import torch
-
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    with torch.inference_mode():
-        for _ in range(2):
-            a @ b
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        dt = time.perf_counter() - t
-    return 2 * n**3 * reps / dt / 1e9
+def matmul_peak(dtype) -> float:
+    return matmul_peak_gflops(dtype)
 
 
 def encoder_flops(lengths: np.ndarray, dim: int = 768, depth: int = 12, bins: int = 100) -> float:
@@ -67,22 +56,11 @@ def encoder_flops(lengths: np.ndarray, dim: int = 768, depth: int = 12, bins: in
 
 
 def _mirror() -> Path:
-    env = os.environ.get("SCFM_MIRROR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return mirror("data")
 
 
 def _pbmc(n_cells: int):
-    import anndata as ad
-    import scipy.sparse as sp
-
-    a = ad.read_h5ad(_mirror() / "data" / "pbmc" / "pbmc_10k_protein_v3_200cells.h5ad")
-    a.X = sp.csr_matrix(a.X)
-    if n_cells <= a.n_obs:
-        return a[:n_cells].copy()
-    reps = int(np.ceil(n_cells / a.n_obs))
-    b = ad.concat([a] * reps, index_unique="-")[:n_cells].copy()
-    b.X = sp.csr_matrix(b.X)
-    return b
+    return pbmc_replicas(n_cells)
 
 
 def _token_lengths(model, adata) -> np.ndarray:
@@ -113,7 +91,12 @@ def run_speed(args) -> None:
     flops = encoder_flops(lengths)
     print(f"{adata.n_obs} cells, {lengths.mean():.0f} tokens/cell (max {lengths.max()}), "
           f"{flops / adata.n_obs / 1e9:.0f} GFLOP/cell")
-    precisions = ["float32"] + ([] if args.skip_bf16 else ["bfloat16"])
+    from scfm._torch import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
+    if not native and not args.skip_bf16:
+        print(f"bfloat16: skipped, this CPU has no native bf16 (bf16 matmul peak {peak16:.1f} GFLOP/s)")
+    precisions = ["float32"] + ([] if args.skip_bf16 or not native else ["bfloat16"])
     for prec in precisions:
         a = adata.copy()
         t = time.perf_counter()

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import cpu_capability, matmul_peak_gflops
+
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SCFM_MIRROR", REPO.parent / "shared"))
 OFFICIAL_CELLS_PER_S = 0.9
@@ -38,21 +40,9 @@ OFFICIAL_CELLS_PER_S = 0.9
 D, NHEAD, D_HID, NLAYERS = 512, 8, 512, 12
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n×n×n GEMM."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+def matmul_peak(dtype_name: str) -> float:
+    """Best GFLOP/s of a square GEMM in this dtype, measured now (time-bounded; see common.py)."""
+    return matmul_peak_gflops(dtype_name)
 
 
 def model_flops(lengths) -> float:
@@ -137,7 +127,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scGPT 12 x 512 (random weights), "
           f"{n} PBMC cells, max_length {args.max_length}, batch {args.batch_size}")
     rows = []
+    from scfm._torch import cpu_has_native_bf16
+
     for prec in args.precision:
+        if prec == "bfloat16" and not cpu_has_native_bf16():
+            print(f"bfloat16: skipped, this CPU has no native bf16 (capability {cpu_capability()}; bf16 matmul peak "
+                  f"{matmul_peak_gflops('bfloat16'):.1f} GFLOP/s vs fp32 {matmul_peak_gflops('float32'):.0f})")
+            continue
         cmd = [sys.executable, __file__, "--child", prec, "--cells", str(n), "--batch-size", str(args.batch_size),
                "--max-length", str(args.max_length)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -154,7 +150,7 @@ def main() -> None:
               f"{r['tokens_per_cell']:8.0f} {r['tokenize_cells_per_s']:7.0f}/s")
     for r in rows:
         pk = r["matmul_peak"]
-        print(f"{r['precision']}: matmul peak around the run (2048^3 GEMM) fp32 {pk['float32']:.0f} GFLOP/s, "
+        print(f"{r['precision']}: matmul peak around the run (square GEMM) fp32 {pk['float32']:.0f} GFLOP/s, "
               f"bf16 {pk['bfloat16']:.0f} GFLOP/s")
     print(f"official embed_data reference: {OFFICIAL_CELLS_PER_S} cells/s (fp32, same settings, issue 4)")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ._settings import settings
 
-__all__ = ["resolve_device", "autocast", "check_precision"]
+__all__ = ["resolve_device", "autocast", "check_precision", "cpu_has_native_bf16"]
 
 _PRECISIONS = {
     "float32": "float32",
@@ -47,6 +47,32 @@ def check_precision(precision: str) -> str:
         raise ValueError(f"precision={precision!r}; use one of 'float32', 'bfloat16', 'float16'.") from None
 
 
+_BF16_WARNED = False
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def _warn_if_cpu_lacks_bf16() -> None:
+    global _BF16_WARNED
+    if _BF16_WARNED or cpu_has_native_bf16():
+        return
+    _BF16_WARNED = True
+    from . import logging as logg
+
+    logg.warning(
+        "precision='bfloat16' on a CPU without native bf16 (no AVX512-BF16 / AMX): PyTorch emulates it, which is "
+        "many times slower than float32 here. Use precision='float32' on this machine."
+    )
+
+
 @contextlib.contextmanager
 def autocast(device: Any, precision: str = "float32") -> Iterator[None]:
     """Autocast to bf16/fp16 on CUDA and bf16 on CPU; a no-op for float32.
@@ -64,5 +90,7 @@ def autocast(device: Any, precision: str = "float32") -> Iterator[None]:
         dtype = getattr(torch, precision)
         if dev.type == "cpu" and dtype is torch.float16:
             raise ValueError("float16 autocast is not supported on CPU; use precision='bfloat16'.")
+        if dev.type == "cpu" and dtype is torch.bfloat16:
+            _warn_if_cpu_lacks_bf16()
         with torch.autocast(device_type=dev.type, dtype=dtype):
             yield
