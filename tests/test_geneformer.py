@@ -359,6 +359,87 @@ def test_near_ties_ordered_by_full_value():
     assert list(first[:2]) in ([2 + 2 * k + 1, 2 + 2 * k] for k in range(n_genes // 2))
 
 
+@pytest.mark.parametrize("collapse", [False, True])
+@pytest.mark.parametrize(
+    ("data_dtype", "n_counts_dtype"), [(np.float32, np.int64), (np.float32, np.float32), (np.int32, np.float64)]
+)
+def test_numba_kernel_equals_numpy_fallback(collapse, data_dtype, n_counts_dtype, monkeypatch):
+    """The compiled kernel and the numpy fallback give identical tokens and n_ranked: exact ties, near-ties
+    (1e-12 relative), cells longer than the input size, empty cells, explicit zeros, out-of-vocabulary genes."""
+    pytest.importorskip("numba")
+    from scfm.models.geneformer import GeneformerDictionaries, _tokenizer
+
+    monkeypatch.setattr(_tokenizer, "_PARALLEL_MIN_NNZ", 0)  # threads even for this small block
+
+    rng = np.random.default_rng(7)
+    n_ids = 400
+    ids = [f"ENSG{i:011d}" for i in range(n_ids)]
+    med = rng.choice([0.25, 0.5, 1.0, 1.5, 3.0], n_ids) * (1 + rng.choice([0.0, 1e-12, -1e-12, 3e-13, 2e-16], n_ids))
+    d = GeneformerDictionaries(
+        "V2",
+        {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3, **{g: i + 4 for i, g in enumerate(ids)}},
+        dict(zip(ids, med, strict=True)),
+        {g: g for g in ids},
+    )
+    var_ids = ids + ["", "ENSG99999999999"] * 25  # 50 genes outside the vocabulary
+    if collapse:
+        var_ids += ids[:30]  # duplicated IDs: summed, placed after the others (T3)
+    var = pd.DataFrame({"ensembl_id": var_ids}, index=[f"g{i}" for i in range(len(var_ids))])
+    plan = build_gene_plan(var, d, species_check=False)
+    assert plan.collapsed == collapse
+    n = 700
+    dens = rng.choice([0.0, 0.02, 0.3, 0.9], n)  # empty, short, medium and long cells
+    X = sp.csr_matrix((rng.random((n, len(var_ids))) < dens[:, None]) * rng.choice([1, 1, 2, 3, 40], (n, len(var_ids))))
+    X = X.astype(data_dtype)
+    X.data[rng.random(X.nnz) < 0.05] = 0  # explicit zeros
+    n_counts = (np.asarray(X.sum(1)).ravel() + 5).astype(n_counts_dtype)
+    for size, cls_id, eos_id in [(4096, 2, 3), (120, 2, 3), (3, 2, 3), (2048, None, None), (57, None, None)]:
+        kw = {"model_input_size": size, "cls_id": cls_id, "eos_id": eos_id}
+        a, na = tokenize_block(X.copy(), n_counts, plan, engine="numba", **kw)
+        b, nb = tokenize_block(X.copy(), n_counts, plan, engine="numpy", **kw)
+        np.testing.assert_array_equal(na, nb)
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        assert a.input_ids.dtype == b.input_ids.dtype and a.offsets.dtype == b.offsets.dtype
+    assert (na == 0).any() and (na > 57).any()
+    if not collapse:  # and both equal a stable descending argsort
+        X.eliminate_zeros()
+        ref = _reference_tokens(X, n_counts, plan)
+        for i in range(n):
+            np.testing.assert_array_equal(a.cell(i), ref[i][:57])
+
+
+def test_numba_kernel_crowded_values():
+    """Many distinct values within a tiny range next to an outlier (the kernel's merge-sort path), exact ties."""
+    pytest.importorskip("numba")
+    from scfm.models.geneformer import GeneformerDictionaries
+
+    n_ids = 600
+    ids = [f"ENSG{i:011d}" for i in range(n_ids)]
+    med = 1 - np.arange(n_ids) * 1e-9  # values rise with the column: a stable sort reverses them
+    med[::7] = med[1]  # and exact ties
+    d = GeneformerDictionaries(
+        "V1", {"<pad>": 0, "<mask>": 1, **{g: i + 2 for i, g in enumerate(ids)}}, dict(zip(ids, med, strict=True)),
+        {g: g for g in ids},
+    )
+    plan = build_gene_plan(pd.DataFrame({"ensembl_id": ids}, index=ids), d, species_check=False)
+    X = np.ones((4, n_ids), dtype=np.float32)
+    X[:, 3] = 5000  # outlier
+    X[1, 100:] = 2
+    X[3, :] = 0
+    X = sp.csr_matrix(X)
+    n_counts = np.array([7000, 7000, 7000, 1])
+    for size in (2048, 100):
+        a, na = tokenize_block(X.copy(), n_counts, plan, model_input_size=size, engine="numba")
+        b, nb = tokenize_block(X.copy(), n_counts, plan, model_input_size=size, engine="numpy")
+        np.testing.assert_array_equal(na, nb)
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        ref = _reference_tokens(X, n_counts, plan)
+        for i in range(3):
+            np.testing.assert_array_equal(a.cell(i), ref[i][:size])
+
+
 @pytest.mark.parametrize(("name", "tiny"), [("geneformer-v1-10m", "tiny-v1"), ("geneformer-v2-104m", "tiny-v2")])
 def test_release_dictionaries_come_from_the_mirror(gf, name, tiny, tmp_path):
     """The registry's dictionary files resolve (sha256-verified) from the mirror under their release names."""
@@ -370,3 +451,24 @@ def test_release_dictionaries_come_from_the_mirror(gf, name, tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.pkl")) == sorted(f.filename for f in entry.resources)
     m = scfm.models.load("geneformer", checkpoint=gf / tiny, resources=tmp_path, random_weights=True)
     assert m.generation == entry.version
+
+
+def test_release_with_local_checkpoint_fetches_only_resources(gf, tmp_path, monkeypatch):
+    """`load(<release>, checkpoint=<local folder>)` takes the weights from that folder and fetches only the
+    dictionaries (here from the mirror, offline); it never asks for the release's weight files."""
+    import scfm._io.download as dl
+
+    monkeypatch.setattr(scfm.settings, "cachedir", tmp_path)
+    asked: list[str] = []
+    real_fetch = dl.fetch
+
+    def spy(file, folder=None, **kw):
+        asked.append(file.filename)
+        return real_fetch(file, folder, **kw)
+
+    monkeypatch.setattr(dl, "fetch", spy)
+    m = scfm.models.load("geneformer-v1-10m", checkpoint=gf / "tiny-v1", random_weights=True)
+    entry = scfm.models.info("geneformer-v1-10m")
+    assert sorted(asked) == sorted(f.filename for f in entry.resources)
+    assert not (tmp_path / "models" / "geneformer-v1-10m" / "checkpoint").exists()
+    assert m.generation == "V1" and m.name == "geneformer-v1-10m"

@@ -97,7 +97,18 @@ class CellData:
         """Rows ``start:stop`` as a CSR matrix (a fresh object: safe to modify)."""
         import scipy.sparse as sp
 
-        block = self._matrix()[start:stop]
+        mat = self._matrix()
+        if sp.issparse(mat) and mat.format == "csr" and mat.indptr.dtype == mat.indices.dtype == np.int32:
+            # in-memory CSR: copy the row range's arrays directly (scipy's row slicing rebuilds them entry by
+            # entry and was then copied again); same values, order and dtypes
+            start, stop, _ = slice(start, stop).indices(mat.shape[0])
+            stop = max(start, stop)
+            s0, s1 = int(mat.indptr[start]), int(mat.indptr[stop])
+            indptr = mat.indptr[start : stop + 1] - mat.indptr[start]
+            return sp.csr_matrix(
+                (mat.data[s0:s1].copy(), mat.indices[s0:s1].copy(), indptr), shape=(stop - start, mat.shape[1])
+            )
+        block = mat[start:stop]
         if sp.issparse(block):
             return sp.csr_matrix(block, copy=True)
         return sp.csr_matrix(np.asarray(block))

@@ -34,9 +34,12 @@ Differences from the official code (defects fixed, documented):
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -525,10 +528,13 @@ def tokenize_block(
     model_input_size: int,
     cls_id: int | None = None,
     eos_id: int | None = None,
+    engine: str = "auto",
 ) -> tuple[TokenizedCells, np.ndarray]:
     """Tokenize a block of cells (CSR, all genes of ``plan``).
 
     Returns the tokens and the number of ranked (non-zero, in-vocabulary) genes per cell before truncation.
+    ``engine``: ``"numba"`` (compiled kernels, threads over cells), ``"numpy"`` (vectorised fallback) or
+    ``"auto"`` (numba when it is installed); both give identical tokens.
     """
     X = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X)
     if plan.collapsed:  # T3: sum the duplicated IDs' columns (placed after the others)
@@ -543,7 +549,7 @@ def tokenize_block(
     max_genes = model_input_size - 2 if special else model_input_size
     if max_genes < 1:
         raise ValueError(f"model_input_size={model_input_size} leaves no room for genes.")
-    indptr = Y.indptr.astype(np.int64)
+    indptr = Y.indptr.astype(np.int64, copy=False)
     nnz = np.diff(indptr)
     if nnz.max(initial=0) > int(_POS_MASK):
         raise ValueError("A cell has more than 65,535 stored genes; this is not supported.")
@@ -551,6 +557,14 @@ def tokenize_block(
     recip_median = np.r_[plan.slot_recip_median, 0.0]
     slot_token = np.r_[plan.slot_token, 0].astype(np.int32)
     recip_n = np.divide(1, np.asarray(n_counts))
+    if engine not in ("auto", "numba", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'numba' or 'numpy', not {engine!r}.")
+    if engine != "numpy":
+        res = _tokenize_numba(Y, indptr, recip_n, col_slot, recip_median, slot_token, max_genes, cls_id, eos_id)
+        if res is not None:
+            return res
+        if engine == "numba":
+            raise RuntimeError("engine='numba' needs numba (and float32/float64 values); it is not available.")
     parts: list[np.ndarray] = []
     n_ranked = np.zeros(n, dtype=np.int64)
     for b in range(0, n, _BLOCK):
@@ -576,6 +590,238 @@ def tokenize_block(
     out[offsets[:-1][has]] = cls_id
     out[offsets[1:][has] - 1] = eos_id
     return TokenizedCells(out, offsets), n_ranked
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compiled kernels (numba, optional): the same ranking, compiled on first use and cached on disk
+# ----------------------------------------------------------------------------------------------------------------
+_NUMBA: dict[str, Any] = {}
+_NUMBA_LOCK = threading.Lock()
+_PARALLEL_MIN_NNZ = 200_000  # smaller blocks run in the calling thread
+
+
+def _numba_kernels() -> tuple[Any, Any] | None:
+    """The compiled kernels, or ``None`` when numba is not installed (numba is imported on first use only)."""
+    if "kernels" not in _NUMBA:
+        with _NUMBA_LOCK:
+            if "kernels" not in _NUMBA:
+                try:
+                    _NUMBA["kernels"] = _build_numba_kernels()
+                except ImportError:
+                    _NUMBA["kernels"] = None
+    return _NUMBA["kernels"]
+
+
+def _n_threads() -> int:
+    """Threads for the kernels: the usable CPUs, at most ``NUMBA_NUM_THREADS`` when that is set."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    limit = os.environ.get("NUMBA_NUM_THREADS", "")
+    return max(1, min(n, int(limit))) if limit.isdigit() else max(1, n)
+
+
+def _tokenize_numba(
+    Y: sp.csr_matrix,
+    indptr: np.ndarray,
+    recip_n: np.ndarray,
+    col_slot: np.ndarray,
+    recip_median: np.ndarray,
+    slot_token: np.ndarray,
+    max_genes: int,
+    cls_id: int | None,
+    eos_id: int | None,
+) -> tuple[TokenizedCells, np.ndarray] | None:
+    """Rank with the numba kernels; ``None`` when numba or the value types are not supported (use numpy)."""
+    # T5: ``data * recip_n`` is computed in numpy's result type of the two, then ``* 10000`` in that type
+    work = np.result_type(Y.data.dtype, recip_n.dtype)
+    if work not in (np.float32, np.float64):
+        return None
+    kernels = _numba_kernels()
+    if kernels is None:
+        return None
+    count_valid, rank_cells = kernels
+    # float32 * float64 (numba, as numpy) is the float64 product; other value types are converted first
+    data = Y.data if Y.data.dtype in (np.float32, np.float64) else Y.data.astype(work)
+    indices = Y.indices if Y.indices.dtype in (np.int32, np.int64) else Y.indices.astype(np.int64)
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    rn = np.ascontiguousarray(recip_n, dtype=work).reshape(-1)
+    target = np.full(1, TARGET_SUM, dtype=work)
+    col_rm = np.ascontiguousarray(recip_median[col_slot], dtype=np.float64)
+    col_tok = np.ascontiguousarray(slot_token[col_slot], dtype=np.int32)
+    special = cls_id is not None and eos_id is not None
+    n = len(indptr) - 1
+    n_threads = _n_threads() if indptr[-1] >= _PARALLEL_MIN_NNZ else 1
+    # cells split into tasks of about equal numbers of stored values
+    cuts = np.unique(np.searchsorted(indptr, np.linspace(0, indptr[-1], 4 * n_threads + 1), side="left"))
+    cuts[0], cuts[-1] = 0, n
+    ranges = [(int(r0), int(r1)) for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True) if r1 > r0]
+
+    def run(fn: Any) -> None:
+        if n_threads == 1:
+            for r in ranges:
+                fn(*r)
+        else:  # the kernels release the GIL
+            with ThreadPoolExecutor(n_threads) as ex:
+                list(ex.map(lambda r: fn(*r), ranges))
+
+    n_valid = np.zeros(n, dtype=np.int64)
+    run(lambda r0, r1: count_valid(data, indices, indptr, rn, target, col_rm, r0, r1, n_valid))
+    if n and n_valid.min() < 0:  # column indices out of range: let numpy raise (or wrap) as it always did
+        return None
+    n_keep = np.minimum(n_valid, max_genes)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(n_keep + 2 * (n_keep > 0) if special else n_keep, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    cls_eos = (int(cls_id), int(eos_id)) if special else (0, 0)
+    run(lambda r0, r1: rank_cells(data, indices, indptr, rn, target, col_rm, col_tok, n_valid, offsets, max_genes,
+                                  special, *cls_eos, r0, r1, out))
+    return TokenizedCells(out, offsets), n_valid
+
+
+def _build_numba_kernels() -> tuple[Any, Any]:
+    """Compile (or load from numba's on-disk cache) the two tokenizer kernels.
+
+    ``count_valid`` counts the valid genes of each cell; ``rank_cells`` writes each cell's tokens. Per cell: the
+    values of the valid genes (T5: the same operations in the same types as numpy), then a stable descending
+    sort. For positive floats the bit pattern is monotone in the value, so a (stable) counting sort on the top
+    bits of ``max_bits - bits`` (about two buckets per gene) followed by an insertion sort on the full value
+    (stable: ties keep column order; genes only move within their bucket) is exactly a stable descending sort by
+    value. A cell whose values crowd into few buckets is merge-sorted instead.
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def count_valid(data, indices, indptr, recip_n, target, col_rm, r0, r1, n_valid):  # pragma: no cover
+        ts = target[0]
+        n_cols = len(col_rm)
+        for i in range(r0, r1):
+            rn = recip_n[i]
+            c = 0
+            for j in range(indptr[i], indptr[i + 1]):
+                col = indices[j]
+                if col < 0 or col >= n_cols:  # malformed matrix: -1, the caller falls back to numpy
+                    c = -1
+                    break
+                t1 = data[j] * rn  # separate names: each product keeps its own type (float32 stays float32)
+                t2 = t1 * ts
+                v = t2 * col_rm[col]
+                if v > 0:
+                    c += 1
+            n_valid[i] = c
+
+    @numba.njit(cache=True, nogil=True)
+    def rank_cells(data, indices, indptr, recip_n, target, col_rm, col_tok, n_valid, offsets, max_genes, special,
+                   cls_id, eos_id, r0, r1, out):  # pragma: no cover - compiled
+        ts = target[0]
+        m = 1
+        for i in range(r0, r1):
+            m = max(m, n_valid[i])
+        vals = np.empty(m, dtype=np.float64)
+        toks = np.empty(m, dtype=np.int32)
+        keys = np.empty(m, dtype=np.int64)
+        sv = np.empty(m, dtype=np.float64)
+        sv2 = np.empty(m, dtype=np.float64)
+        order = np.empty(m, dtype=np.int64)
+        hist = np.empty(4 * m, dtype=np.int64)
+        for i in range(r0, r1):
+            nv = n_valid[i]
+            if nv == 0:
+                continue
+            rn = recip_n[i]
+            p = 0
+            for j in range(indptr[i], indptr[i + 1]):
+                col = indices[j]
+                t1 = data[j] * rn
+                t2 = t1 * ts
+                v = t2 * col_rm[col]
+                if v > 0:
+                    vals[p] = v
+                    toks[p] = col_tok[col]
+                    p += 1
+            bits = vals[:nv].view(np.int64)
+            hi = bits[0]
+            lo = bits[0]
+            for q in range(1, nv):
+                hi = max(hi, bits[q])
+                lo = min(lo, bits[q])
+            n_b = 2  # buckets: a power of two, at least 2 * nv
+            while n_b < 2 * nv:
+                n_b *= 2
+            shift = 0
+            while ((hi - lo) >> shift) >= n_b:
+                shift += 1
+            hist[:n_b] = 0
+            for q in range(nv):
+                kq = (hi - bits[q]) >> shift  # highest value: bucket 0
+                keys[q] = kq
+                hist[kq] += 1
+            tot = 0
+            for b in range(n_b):
+                cb = hist[b]
+                hist[b] = tot
+                tot += cb
+            for q in range(nv):  # counting sort, stable
+                kq = keys[q]
+                dst = hist[kq]
+                hist[kq] = dst + 1
+                order[dst] = q
+                sv[dst] = vals[q]
+            # insertion sort on the full value, descending, stable
+            budget = 16 * nv + 1024
+            for t in range(1, nv):
+                vx = sv[t]
+                if sv[t - 1] >= vx:
+                    continue
+                x = order[t]
+                u = t - 1
+                while u >= 0 and sv[u] < vx:
+                    sv[u + 1] = sv[u]
+                    order[u + 1] = order[u]
+                    u -= 1
+                sv[u + 1] = vx
+                order[u + 1] = x
+                budget -= t - u
+                if budget < 0:
+                    break
+            if budget < 0:  # too many moves: bottom-up merge sort (stable, descending) from column order
+                for q in range(nv):
+                    order[q] = q
+                    sv[q] = vals[q]
+                src_v, src_o, dst_v, dst_o = sv, order, sv2, keys
+                width = 1
+                while width < nv:
+                    for a in range(0, nv, 2 * width):
+                        mid = min(a + width, nv)
+                        end = min(a + 2 * width, nv)
+                        x = a
+                        y = mid
+                        for z in range(a, end):
+                            if y >= end or (x < mid and src_v[x] >= src_v[y]):
+                                dst_v[z] = src_v[x]
+                                dst_o[z] = src_o[x]
+                                x += 1
+                            else:
+                                dst_v[z] = src_v[y]
+                                dst_o[z] = src_o[y]
+                                y += 1
+                    src_v, dst_v = dst_v, src_v
+                    src_o, dst_o = dst_o, src_o
+                    width *= 2
+                for q in range(nv):
+                    order[q] = src_o[q]
+            o = offsets[i]
+            k = min(nv, max_genes)
+            if special:
+                out[o] = cls_id
+                o += 1
+            for q in range(k):
+                out[o + q] = toks[order[q]]
+            if special:
+                out[o + k] = eos_id
+
+    return count_valid, rank_cells
 
 
 def _n_counts(obs: pd.DataFrame, sl: slice, block: sp.csr_matrix, key: str | None) -> np.ndarray:
