@@ -201,6 +201,51 @@ def stage_tokenize_h5ad(args: argparse.Namespace) -> dict:
     return {"cells": args.tok_cells, **out, "peak_rss_mib": round(peak_rss_mib())}
 
 
+def stage_tokenize_official(args: argparse.Namespace) -> dict:
+    """The official ``TranscriptomeTokenizer`` on the same h5ad (if its package is given), and scfm beside it.
+
+    ``--official-path`` is a folder holding the official ``geneformer`` package (not shipped with scfm; needs
+    ``datasets`` and ``loompy``). Both tokenizers read the same file; the tokens are compared cell by cell.
+    """
+    import anndata as ad
+
+    sys.path.insert(0, str(Path(args.official_path).resolve()))
+    from geneformer.tokenizer import TranscriptomeTokenizer
+
+    from scfm.models.geneformer import load_dictionaries, tokenize
+
+    d = load_dictionaries(_mirror() / "resources" / "geneformer" / "v2")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        a = _pbmc(args.tok_cells)
+        a.obs["cell_id"] = np.arange(a.n_obs)
+        a.write_h5ad(src / "pbmc.h5ad")
+        official = TranscriptomeTokenizer(
+            custom_attr_name_dict={"cell_id": "cell_id"}, nproc=1, chunk_size=512, model_input_size=4096,
+            special_token=True, collapse_gene_ids=True,
+        )
+        t = time.perf_counter()
+        official.tokenize_data(src, Path(tmp), "official", file_format="h5ad")
+        t_official = time.perf_counter() - t
+        tokenize(ad.read_h5ad(src / "pbmc.h5ad")[:500].copy(), d)  # warm-up (compiles the kernel)
+        t = time.perf_counter()
+        ours = tokenize(ad.read_h5ad(src / "pbmc.h5ad"), d)
+        t_ours = time.perf_counter() - t
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(Path(tmp) / "official.dataset"))
+        ids, cells = ds["input_ids"], ds["cell_id"]
+        same = sum(np.array_equal(np.asarray(ids[i]), ours.cell(int(cells[i]))) for i in range(len(ids)))
+    return {
+        "cells": args.tok_cells,
+        "official_cells_per_s": round(args.tok_cells / t_official),
+        "scfm_cells_per_s": round(args.tok_cells / t_ours),
+        "speedup": round(t_official / t_ours, 1),
+        "cells_with_identical_tokens": int(same),
+    }
+
+
 def stage_tokenize_backed(args: argparse.Namespace) -> dict:
     import anndata as ad
 
@@ -233,6 +278,7 @@ STAGES = {
     "write_backed": stage_write_backed,
     "tokenize_backed": stage_tokenize_backed,
     "tokenize_h5ad": stage_tokenize_h5ad,
+    "tokenize_official": stage_tokenize_official,
 }
 
 
@@ -256,6 +302,8 @@ def main() -> None:
     p.add_argument("--backed-cells", type=int, default=0, help="also tokenise a backed h5ad of this many cells")
     p.add_argument("--chunk", type=int, default=10_000)
     p.add_argument("--threads", default="")
+    p.add_argument("--official-path", default="", help="folder holding the official `geneformer` package: "
+                   "also time its TranscriptomeTokenizer on the same file")
     # internal
     p.add_argument("--stage", default="")
     p.add_argument("--model", default="")
@@ -284,6 +332,12 @@ def main() -> None:
     print(f"tokenize V2, h5ad file -> tokens, {h5['cells']} cells: read into memory {h5['memory_cells_per_s']} "
           f"cells/s, backed {h5['backed_cells_per_s']} cells/s (x{h5['memory_cells_per_s'] / 1500:.1f} / "
           f"x{h5['backed_cells_per_s'] / 1500:.1f} vs the official 1,500 cells/s quoted for a ~360 GFLOP/s machine)")
+    if args.official_path:
+        o = _run("tokenize_official", tok_cells=args.tok_cells, official_path=args.official_path)
+        results["tokenize_official"] = o
+        print(f"tokenize V2, h5ad -> tokens, {o['cells']} cells, side by side: official TranscriptomeTokenizer "
+              f"{o['official_cells_per_s']} cells/s, scfm {o['scfm_cells_per_s']} cells/s (x{o['speedup']}); "
+              f"identical tokens for {o['cells_with_identical_tokens']} of {o['cells']} cells")
     if not args.quick:
         for spec in (f"V1:config_6L_256.json:{args.cells_v1}", f"V2:config_12L_512.json:{args.cells_v2}"):
             for prec in ("float32", "bfloat16"):
