@@ -246,6 +246,66 @@ def stage_tokenize_official(args: argparse.Namespace) -> dict:
     }
 
 
+def stage_embed_official(args: argparse.Namespace) -> dict:
+    """The official ``EmbExtractor`` beside ``scfm.tl.embed``: same random real-size V1 6L model, same cells, batch 10.
+
+    The official code hard-codes ``"cuda"``; on a CPU machine use a copy patched as described in
+    ``../shared/fixtures/geneformer/PROVENANCE.md`` (``"cuda"`` → ``"cpu"``). Needs ``transformers``, ``peft``,
+    ``tdigest``, ``datasets``, ``loompy``.
+    """
+    import anndata as ad
+    import torch
+    from transformers import BertConfig as HFConfig
+    from transformers import BertForMaskedLM
+
+    sys.path.insert(0, str(Path(args.official_path).resolve()))
+    from geneformer.emb_extractor import EmbExtractor
+    from geneformer.tokenizer import TranscriptomeTokenizer
+
+    import scfm
+
+    res = _mirror() / "resources" / "geneformer" / "v1"
+    n = int(args.cells_v1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        hf = BertForMaskedLM(HFConfig.from_json_file(res / "config_6L_256.json")).eval()
+        hf.save_pretrained(tmp / "model", safe_serialization=True)
+        (tmp / "in").mkdir()
+        a = _pbmc(n)
+        a.obs["cell_id"] = np.arange(n)
+        a.write_h5ad(tmp / "in" / "pbmc.h5ad")
+        TranscriptomeTokenizer(
+            custom_attr_name_dict={"cell_id": "cell_id"}, nproc=1, chunk_size=512, model_input_size=2048,
+            special_token=False, collapse_gene_ids=True, gene_median_file=res / "gene_median_dictionary_gc30M.pkl",
+            token_dictionary_file=res / "token_dictionary_gc30M.pkl",
+            gene_mapping_file=res / "ensembl_mapping_dict_gc30M.pkl",
+        ).tokenize_data(tmp / "in", tmp, "v1", file_format="h5ad")
+        ex = EmbExtractor(
+            model_type="Pretrained", num_classes=0, emb_mode="cell", cell_emb_style="mean_pool", filter_data=None,
+            max_ncells=None, emb_layer=-1, emb_label=["cell_id"], forward_batch_size=10, nproc=1,
+            token_dictionary_file=str(res / "token_dictionary_gc30M.pkl"),
+        )
+        t = time.perf_counter()
+        off = ex.extract_embs(str(tmp / "model"), str(tmp / "v1.dataset"), str(tmp), "emb")
+        t_official = time.perf_counter() - t
+        m = scfm.models.load("geneformer", checkpoint=tmp / "model", resources=res, device="cpu")
+        b = ad.read_h5ad(tmp / "in" / "pbmc.h5ad")
+        scfm.tl.embed(b[:2].copy(), model=m, batch_size=2)  # warm-up
+        t = time.perf_counter()
+        scfm.tl.embed(b, model=m, batch_size=10, pooling="mean")
+        t_ours = time.perf_counter() - t
+        off_x = off.drop(columns=["cell_id"]).to_numpy(np.float32)
+        ours = b.obsm["X_geneformer"][off["cell_id"].to_numpy().astype(int)]
+    return {
+        "cells": n,
+        "official_cells_per_s": round(n / t_official, 2),
+        "scfm_cells_per_s": round(n / t_ours, 2),
+        "speedup": round(t_official / t_ours, 2),
+        "max_abs_diff": float(np.abs(off_x - ours).max()),
+    }
+
+
 def stage_tokenize_backed(args: argparse.Namespace) -> dict:
     import anndata as ad
 
@@ -279,6 +339,7 @@ STAGES = {
     "tokenize_backed": stage_tokenize_backed,
     "tokenize_h5ad": stage_tokenize_h5ad,
     "tokenize_official": stage_tokenize_official,
+    "embed_official": stage_embed_official,
 }
 
 
@@ -338,6 +399,12 @@ def main() -> None:
         print(f"tokenize V2, h5ad -> tokens, {o['cells']} cells, side by side: official TranscriptomeTokenizer "
               f"{o['official_cells_per_s']} cells/s, scfm {o['scfm_cells_per_s']} cells/s (x{o['speedup']}); "
               f"identical tokens for {o['cells_with_identical_tokens']} of {o['cells']} cells")
+    if args.official_path and not args.quick:
+        o = _run("embed_official", cells_v1=args.cells_v1, official_path=args.official_path)
+        results["embed_official"] = o
+        print(f"embed V1 6L fp32, batch 10, {o['cells']} cells, side by side: official EmbExtractor "
+              f"{o['official_cells_per_s']} cells/s, scfm {o['scfm_cells_per_s']} cells/s (x{o['speedup']}); "
+              f"max |difference| {o['max_abs_diff']:.2e}")
     if not args.quick:
         for spec in (f"V1:config_6L_256.json:{args.cells_v1}", f"V2:config_12L_512.json:{args.cells_v2}"):
             for prec in ("float32", "bfloat16"):
