@@ -5,6 +5,12 @@ Usage::
     python benchmarks/bench_geneformer.py --quick          # tokenisation + matmul peak only (~1 min)
     python benchmarks/bench_geneformer.py                  # + embedding with real-size random-weight models
     python benchmarks/bench_geneformer.py --backed-cells 100000   # + RSS of tokenising a backed h5ad
+    python benchmarks/bench_geneformer.py --official-path DIR     # + the official code side by side
+
+``--official-path`` names a folder holding the official ``geneformer`` package (not shipped with scfm; on a CPU
+machine patched ``"cuda"`` -> ``"cpu"`` as ``../shared/fixtures/geneformer/PROVENANCE.md`` describes): its
+``TranscriptomeTokenizer`` and ``EmbExtractor`` then run on the same files, cells and batch size as scfm, and the
+outputs are compared (tokens cell by cell, embeddings by max absolute difference).
 
 Every stage runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Data: the 200 real PBMCs of
 the shared mirror (``$SCFM_MIRROR`` or ``../shared``), replicated. The models are random-weight networks with the
