@@ -108,6 +108,64 @@ def run_one(precision: str, n_cells: int, batch_size: int, max_length: int) -> d
     }
 
 
+def run_official(official_path: str, n_cells: int, batch_size: int, max_length: int) -> dict:
+    """The official ``scgpt.tasks.embed_data`` beside ``scfm.tl.embed`` on one real-size random checkpoint.
+
+    ``official_path`` is a folder holding the official ``scgpt`` package (a source checkout; no flash-attn, no
+    torchtext needed at the commit the fixtures name). The checkpoint is built once in the official layout
+    (``args.json``, ``vocab.json``, ``best_model.pt``) and both load it; same cells, max_length and batch size.
+    """
+    import shutil
+    import tempfile
+
+    import anndata as ad
+    import torch
+
+    sys.path.insert(0, str(Path(official_path).resolve()))
+    from scgpt.model import TransformerModel
+    from scgpt.tasks import embed_data
+    from scgpt.tokenizer import GeneVocab
+
+    import scfm
+
+    scfm.settings.verbosity = 1
+    adata = ad.read_h5ad(MIRROR / "data" / "pbmc" / "pbmc_10k_protein_v3_200cells.h5ad")[:n_cells].copy()
+    adata.var["gene_name"] = adata.var_names
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tiny = MIRROR / "fixtures" / "scgpt" / "tiny"
+        shutil.copy(tiny / "vocab.json", folder / "vocab.json")
+        args = json.loads((tiny / "args.json").read_text())
+        args.update(embsize=D, nheads=NHEAD, d_hid=D_HID, nlayers=NLAYERS)
+        (folder / "args.json").write_text(json.dumps(args))
+        vocab = GeneVocab.from_file(folder / "vocab.json")
+        torch.manual_seed(0)
+        net = TransformerModel(
+            ntoken=len(vocab), d_model=D, nhead=NHEAD, d_hid=D_HID, nlayers=NLAYERS,
+            nlayers_cls=args["n_layers_cls"], n_cls=1, vocab=vocab, dropout=args["dropout"],
+            pad_token=args["pad_token"], pad_value=args["pad_value"], do_mvc=True, do_dab=False,
+            use_batch_labels=False, domain_spec_batchnorm=False, explicit_zero_prob=False,
+            use_fast_transformer=False, pre_norm=False,
+        )
+        torch.save(net.state_dict(), folder / "best_model.pt")
+        del net
+        t = time.perf_counter()
+        embed_data(adata.copy(), folder, gene_col="gene_name", max_length=max_length, batch_size=batch_size,
+                   device="cpu", use_fast_transformer=False, return_new_adata=True)
+        t_official = time.perf_counter() - t
+        m = scfm.models.load("scgpt", checkpoint=folder, device="cpu")
+        scfm.tl.embed(adata[:2].copy(), model=m, batch_size=2, max_length=max_length)  # warm-up
+        t = time.perf_counter()
+        scfm.tl.embed(adata, model=m, batch_size=batch_size, max_length=max_length, seed=0, device="cpu")
+        t_ours = time.perf_counter() - t
+    return {
+        "cells": n_cells,
+        "official_cells_per_s": n_cells / t_official,
+        "scfm_cells_per_s": n_cells / t_ours,
+        "speedup": t_official / t_ours,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=200)
@@ -115,12 +173,25 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=1200)
     p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--quick", action="store_true", help="48 cells")
+    p.add_argument("--official-path", default="", help="folder holding the official `scgpt` package: run its "
+                   "embed_data side by side (fp32)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     n = 48 if args.quick else args.cells
+    if args.child == "official":
+        print(json.dumps(run_official(args.official_path, n, args.batch_size, args.max_length)))
+        return
     if args.child:
         print(json.dumps(run_one(args.child, n, args.batch_size, args.max_length)))
         return
+    if args.official_path:
+        cmd = [sys.executable, __file__, "--child", "official", "--official-path", args.official_path, "--cells",
+               str(n), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        o = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"side by side, fp32, {n} cells, max_length {args.max_length}, batch {args.batch_size}: official "
+              f"embed_data {o['official_cells_per_s']:.2f} cells/s, scfm {o['scfm_cells_per_s']:.2f} cells/s "
+              f"(x{o['speedup']:.2f})")
 
     import torch
 
