@@ -25,26 +25,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
-from common import matmul_peak_gflops, mirror, pbmc_replicas
-
-
-def _rss_peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from common import matmul_peak_gflops, mirror, pbmc_replicas, peak_rss_gib
 
 
 def _rss_now_gib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**30
-
-
-def matmul_peak(dtype) -> float:
-    return matmul_peak_gflops(dtype)
 
 
 def encoder_flops(lengths: np.ndarray, dim: int = 768, depth: int = 12, bins: int = 100) -> float:
@@ -81,8 +72,8 @@ def run_speed(args) -> None:
     scfm.settings.verbosity = 1
     scfm.settings.mirror = _mirror()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    peak32 = matmul_peak(torch.float32)
-    peak16 = matmul_peak(torch.bfloat16)
+    peak32 = matmul_peak_gflops(torch.float32)
+    peak16 = matmul_peak_gflops(torch.bfloat16)
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
     model = random_model()
     print(f"model: released architecture, random weights; RSS after build {_rss_now_gib():.2f} GiB")
@@ -103,12 +94,12 @@ def run_speed(args) -> None:
         scfm.tl.embed(a, model=model, batch_size=args.batch_size, precision=prec)
         dt = time.perf_counter() - t
         # the machine may be shared: measure the peak again right after the run and use the higher value
-        again = matmul_peak(torch.float32 if prec == "float32" else torch.bfloat16)
+        again = matmul_peak_gflops(torch.float32 if prec == "float32" else torch.bfloat16)
         peak = max(peak32 if prec == "float32" else peak16, again)
         print(f"{prec:9s} batch {args.batch_size}: {a.n_obs / dt:.2f} cells/s ({dt:.1f} s), "
               f"{flops / dt / 1e9:.0f} GFLOP/s = {100 * flops / dt / 1e9 / peak:.0f}% of the {prec} matmul peak "
               f"({peak:.0f}); "
-              f"peak RSS so far {_rss_peak_gib():.2f} GiB")
+              f"peak RSS so far {peak_rss_gib():.2f} GiB")
 
 
 def run_rss10k(args, probe: bool) -> None:
@@ -150,7 +141,7 @@ def run_rss10k(args, probe: bool) -> None:
     print(f"embedded {adata.n_obs} cells in {dt:.0f} s; obsm {adata.obsm['X_scfoundation'].shape}")
     if probe:
         print(f"probe: {state['real']} of {state['calls']} encoder calls ran the real network")
-    print(f"peak RSS {_rss_peak_gib():.2f} GiB (limit 8 GiB)")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB (limit 8 GiB)")
 
 
 def main() -> None:

@@ -25,24 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import cpu_capability, matmul_peak_gflops
+from common import cpu_capability, matmul_peak_gflops, peak_rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SCFM_MIRROR", REPO.parent / "shared"))
 OFFICIAL_CELLS_PER_S = 0.9
 
 D, NHEAD, D_HID, NLAYERS = 512, 8, 512, 12
-
-
-def matmul_peak(dtype_name: str) -> float:
-    """Best GFLOP/s of a square GEMM in this dtype, measured now (time-bounded; see common.py)."""
-    return matmul_peak_gflops(dtype_name)
 
 
 def model_flops(lengths) -> float:
@@ -88,11 +82,11 @@ def run_one(precision: str, n_cells: int, batch_size: int, max_length: int) -> d
     warm = adata[: min(batch_size, n_cells)].copy()
     scfm.tl.embed(warm, model=m, batch_size=batch_size, max_length=max_length, precision=precision, device="cpu")
     # the matmul peak is measured right before and after the timed run (the machine may be shared)
-    peak_before = {k: matmul_peak(k) for k in ("float32", "bfloat16")}
+    peak_before = {k: matmul_peak_gflops(k) for k in ("float32", "bfloat16")}
     t = time.perf_counter()
     scfm.tl.embed(adata, model=m, batch_size=batch_size, max_length=max_length, precision=precision, device="cpu")
     wall = time.perf_counter() - t
-    peak = {k: (v + matmul_peak(k)) / 2 for k, v in peak_before.items()}
+    peak = {k: (v + matmul_peak_gflops(k)) / 2 for k, v in peak_before.items()}
     assert np.isfinite(adata.obsm["X_scgpt"]).all()
     return {
         "precision": precision,
@@ -103,7 +97,7 @@ def run_one(precision: str, n_cells: int, batch_size: int, max_length: int) -> d
         "cells_per_s": n_cells / wall,
         "tokens_per_s": float(lengths.sum()) / wall,
         "gflops": model_flops(lengths) / wall / 1e9,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "matmul_peak": peak,
     }
 

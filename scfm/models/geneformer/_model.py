@@ -149,6 +149,42 @@ class GeneformerModel(FoundationModel):
         h = self.network.hidden_states(torch.from_numpy(ids).to(dev), torch.from_numpy(lens).to(dev), layer=layer)
         return h.float(), lens
 
+    def _hidden_state_batches(
+        self,
+        data: CellData,
+        plan: GenePlan,
+        *,
+        layer: int,
+        dev: Any,
+        precision: str,
+        batch_size: int,
+        n_counts_key: str | None,
+        chunk_size: int | None,
+        progress: bool,
+        desc: str,
+        stats: _Stats,
+    ) -> Iterator[tuple[slice, TokenizedCells, np.ndarray, Any, np.ndarray]]:
+        """Tokenize chunk by chunk and run the network batch by batch (longest cells first).
+
+        Yields ``(chunk slice, chunk tokens, cell indices within the chunk, hidden states, lengths)``; token
+        statistics go to ``stats``.
+        """
+        from tqdm.auto import tqdm
+
+        from ..._torch import autocast
+
+        with tqdm(total=data.n_obs, desc=desc, unit="cells", disable=not progress) as bar:
+            for sl, toks, n_ranked in iter_tokenized(
+                data, plan, self.dictionaries, n_counts_key=n_counts_key, model_input_size=self.model_input_size,
+                chunk_size=chunk_size,
+            ):
+                stats.add(toks, n_ranked)
+                with autocast(dev, precision):
+                    for idx in self._batches(toks, batch_size):
+                        h, lens = self._forward(toks, idx, layer, dev)
+                        yield sl, toks, idx, h, lens
+                bar.update(sl.stop - sl.start)
+
     def _check_options(self, pooling: str, emb_layer: int) -> int:
         if pooling not in _POOLINGS:
             raise ValueError(f"pooling={pooling!r}; use 'mean' or 'cls'.")
@@ -204,7 +240,7 @@ class GeneformerModel(FoundationModel):
         progress
             Show a progress bar.
         """
-        from ..._torch import autocast, check_precision
+        from ..._torch import check_precision
 
         precision = check_precision(precision)
         layer = self._check_options(pooling, emb_layer)
@@ -216,24 +252,17 @@ class GeneformerModel(FoundationModel):
         X = np.full((data.n_obs, self.embedding_dim), np.nan, dtype=np.float32)
         valid = np.zeros(data.n_obs, dtype=bool)
         stats = _Stats(self.model_input_size, bool(self.dictionaries.special_token))
-        bar = _progress(data.n_obs, progress, "geneformer embed")
-        for sl, toks, n_ranked in iter_tokenized(
-            data, plan, self.dictionaries, n_counts_key=n_counts_key, model_input_size=self.model_input_size,
-            chunk_size=chunk_size,
+        for sl, _, idx, h, lens in self._hidden_state_batches(
+            data, plan, layer=layer, dev=dev, precision=precision, batch_size=batch_size, n_counts_key=n_counts_key,
+            chunk_size=chunk_size, progress=progress, desc="geneformer embed", stats=stats,
         ):
-            stats.add(toks, n_ranked)
-            with autocast(dev, precision):
-                for idx in self._batches(toks, batch_size):
-                    h, lens = self._forward(toks, idx, layer, dev)
-                    if pooling == "cls":
-                        emb = h[:, 0, :]
-                    else:
-                        start, count = self._pool_span(lens)
-                        emb = _masked_mean(h, start, count)
-                    X[sl.start + idx] = emb.cpu().numpy()
-                    valid[sl.start + idx] = True
-            bar.update(sl.stop - sl.start)
-        bar.close()
+            if pooling == "cls":
+                emb = h[:, 0, :]
+            else:
+                start, count = self._pool_span(lens)
+                emb = _masked_mean(h, start, count)
+            X[sl.start + idx] = emb.cpu().numpy()
+            valid[sl.start + idx] = True
         coverage = {**plan.coverage, **stats.summary()}
         params = {"pooling": pooling, "emb_layer": int(emb_layer), "hidden_state_index": layer,
                   "precision": precision, "model_input_size": self.model_input_size, "generation": self.generation}
@@ -263,7 +292,7 @@ class GeneformerModel(FoundationModel):
         """
         import torch
 
-        from ..._torch import autocast, check_precision
+        from ..._torch import check_precision
 
         precision = check_precision(precision)
         layer = layer_to_quant(self.network.num_layers, emb_layer)
@@ -274,22 +303,16 @@ class GeneformerModel(FoundationModel):
         sums = torch.zeros((V, H), dtype=torch.float64, device=dev)
         counts = torch.zeros(V, dtype=torch.float64, device=dev)
         stats = _Stats(self.model_input_size, bool(self.dictionaries.special_token))
-        bar = _progress(data.n_obs, progress, "geneformer gene embeddings")
-        for sl, toks, n_ranked in iter_tokenized(
-            data, plan, self.dictionaries, n_counts_key=n_counts_key, model_input_size=self.model_input_size,
-            chunk_size=chunk_size,
+        for _, toks, idx, h, lens in self._hidden_state_batches(
+            data, plan, layer=layer, dev=dev, precision=precision, batch_size=int(batch_size),
+            n_counts_key=n_counts_key, chunk_size=chunk_size, progress=progress, desc="geneformer gene embeddings",
+            stats=stats,
         ):
-            stats.add(toks, n_ranked)
-            with autocast(dev, precision):
-                for idx in self._batches(toks, int(batch_size)):
-                    h, lens = self._forward(toks, idx, layer, dev)
-                    L = h.shape[1]
-                    inside = torch.arange(L, device=dev)[None, :] < torch.as_tensor(lens, device=dev)[:, None]
-                    ids = torch.from_numpy(np.concatenate([toks.cell(int(i)) for i in idx]).astype(np.int64)).to(dev)
-                    sums.index_add_(0, ids, h[inside].double())
-                    counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
-            bar.update(sl.stop - sl.start)
-        bar.close()
+            L = h.shape[1]
+            inside = torch.arange(L, device=dev)[None, :] < torch.as_tensor(lens, device=dev)[:, None]
+            ids = torch.from_numpy(np.concatenate([toks.cell(int(i)) for i in idx]).astype(np.int64)).to(dev)
+            sums.index_add_(0, ids, h[inside].double())
+            counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
         var_token = plan.var_token
         X = np.full((data.n_vars, H), np.nan, dtype=np.float32)
         c = counts.cpu().numpy()
@@ -338,22 +361,6 @@ class _Stats:
     def summary(self) -> dict[str, Any]:
         return {"n_cells_truncated": self.n_truncated,
                 "mean_tokens_per_cell": float(self.n_tokens / self.n_cells) if self.n_cells else 0.0}
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, show: bool, desc: str) -> Any:
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="cells")
 
 
 # ----------------------------------------------------------------------------------------------------------------
