@@ -290,19 +290,11 @@ def map_symbols(symbols: Any, dicts: GeneformerDictionaries) -> tuple[list[str],
             "The data has gene symbols but no var['ensembl_id'] column, and the resources folder lacks the "
             "gene_name_id_dict_*.pkl needed to map symbols; add that file or an 'ensembl_id' column."
         )
-    upper: dict[str, set[str]] = {}
-    for k, v in name_id.items():
-        upper.setdefault(k.upper(), set()).add(v)
-    out: list[str] = []
-    n = 0
-    for sym in _clean_str(symbols):
-        eid = name_id.get(sym)
-        if eid is None:
-            cands = upper.get(sym.upper(), set())
-            eid = next(iter(cands)) if len(cands) == 1 else None
-        out.append(eid or "")
-        n += eid is not None
-    return out, n
+    from ...pp._genes import map_ids
+
+    # exact match, then a case-insensitive match when unambiguous; several symbols may share an ID (collapsed later)
+    ids, report = map_ids(_clean_str(symbols), name_id, duplicates="keep")
+    return [str(i) for i in ids], int(report["n_mapped"])
 
 
 def build_gene_plan(
