@@ -11,7 +11,8 @@ _DOCS = {
     "adata": """adata
         Annotated data matrix, cells × genes, in memory or opened with ``backed='r'``.""",
     "model": """model
-        A registry name (see :func:`scfm.models.list`) or a model returned by :func:`scfm.models.load`.""",
+        A registry name (see :func:`scfm.models.list`) or a model returned by :func:`scfm.models.load`. A name
+        is loaded once and reused by later calls with the same name (:func:`scfm.models.clear_cache` frees it).""",
     "layer": """layer
         Read the counts from ``adata.layers[layer]`` instead of ``adata.X``.
     use_raw

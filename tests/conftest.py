@@ -55,6 +55,16 @@ def _scfm_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     scfm.settings.verbosity = 1
 
 
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """Each test loads its models itself (a name resolved in an earlier test is not reused)."""
+    import scfm
+
+    scfm.models.clear_cache()
+    yield
+    scfm.models.clear_cache()
+
+
 @pytest.fixture
 def pbmc200(shared: Path):
     """The 200 real PBMCs (raw counts)."""

@@ -220,3 +220,23 @@ def test_scvi_baseline(small_counts):
     _assert_same(before, _snapshot(small_counts))  # scvi's setup_anndata never sees the user's object
     assert out.obsm["X_scvi"].shape == (60, 4) and np.isfinite(out.obsm["X_scvi"]).all()
     assert set(out.uns) == {"scfm"} and list(out.obs.columns) == []
+
+
+def test_model_name_is_loaded_once(small_counts, monkeypatch):
+    calls = []
+    real_load = scfm.models.load
+
+    def counting_load(name, **kw):
+        calls.append(name)
+        return real_load(name, **kw)
+
+    monkeypatch.setattr(scfm.models, "load", counting_load)
+    scfm.tl.embed(small_counts, "pca", n_comps=5)
+    scfm.tl.embed(small_counts, "pca", n_comps=5, key_added="X_pca2")
+    assert calls == ["pca"]
+    assert np.allclose(small_counts.obsm["X_pca"], small_counts.obsm["X_pca2"])
+    scfm.tl.embed(small_counts, "pca", device="cpu", n_comps=5, key_added="X_pca3")  # other load options
+    assert calls == ["pca", "pca"]
+    scfm.models.clear_cache()
+    scfm.tl.embed(small_counts, "pca", device="cpu", n_comps=5, key_added="X_pca3")
+    assert calls == ["pca", "pca", "pca"]

@@ -27,6 +27,7 @@ __all__ = [
     "download",
     "load",
     "resolve",
+    "clear_cache",
     "FoundationModel",
     "CellData",
     "EmbeddingResult",
@@ -165,10 +166,32 @@ def load(
     )
 
 
+# The model most recently loaded by name through :func:`resolve` (one at a time: models can be large).
+_RESOLVED: dict[tuple, FoundationModel] = {}
+
+
 def resolve(model: str | FoundationModel, **load_options: Any) -> FoundationModel:
-    """A loaded model: pass-through for a model object, :func:`load` for a name."""
+    """A loaded model: pass-through for a model object, :func:`load` for a registry name.
+
+    The model loaded for a name is kept, so that a second ``scfm.tl`` call with the same name, options,
+    cache, mirror and default device reuses it instead of reading the weights again. Only the most recent one
+    is kept; :func:`clear_cache` frees it.
+    """
     if isinstance(model, FoundationModel):
         return model
     if isinstance(model, str):
-        return load(model, **load_options)
+        from .._settings import settings
+
+        key = (model, tuple(sorted((k, repr(v)) for k, v in load_options.items())),
+               str(settings.cachedir), str(settings.mirror), settings.offline, str(settings.device))
+        cached = _RESOLVED.get(key)
+        if cached is None:
+            _RESOLVED.clear()  # free the previous model before loading the next
+            cached = _RESOLVED[key] = load(model, **load_options)
+        return cached
     raise TypeError(f"`model` must be a registry name or a model from scfm.models.load, got {type(model).__name__}.")
+
+
+def clear_cache() -> None:
+    """Forget the model kept by :func:`resolve` (a registry name passed to ``scfm.tl``), freeing its memory."""
+    _RESOLVED.clear()
