@@ -170,6 +170,12 @@ def test_celldata_chunks_and_take(small_counts):
     np.testing.assert_array_equal(sp.vstack([b for _, b in blocks]).toarray(), small_counts.X.toarray())
     idx = np.array([5, 1, 40])
     np.testing.assert_array_equal(data.take(idx).toarray(), small_counts.X[idx].toarray())
+    half = ad.AnnData(small_counts.X.toarray().astype(np.float16))  # dense float16: scipy.sparse has no float16
+    hdata = CellData(half, chunk_size=16)
+    block = hdata.rows(0, 16)
+    assert block.dtype == np.float32
+    np.testing.assert_array_equal(block.toarray(), small_counts.X[:16].toarray())
+    np.testing.assert_array_equal(hdata.take(idx).toarray(), small_counts.X[idx].toarray())
 
 
 def test_gene_similarity(small_counts):

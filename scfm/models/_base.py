@@ -111,7 +111,7 @@ class CellData:
         block = mat[start:stop]
         if sp.issparse(block):
             return sp.csr_matrix(block, copy=True)
-        return sp.csr_matrix(np.asarray(block))
+        return _dense_to_csr(block)
 
     def take(self, indices: np.ndarray):
         """Rows at ``indices`` (sorted positions) as CSR."""
@@ -120,7 +120,7 @@ class CellData:
         idx = np.asarray(indices)
         order = np.argsort(idx, kind="stable")
         block = self._matrix()[np.sort(idx)]
-        block = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        block = sp.csr_matrix(block) if sp.issparse(block) else _dense_to_csr(block)
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         return block[inv]
@@ -131,6 +131,16 @@ class CellData:
         for start in range(0, self.n_obs, size):
             stop = min(start + size, self.n_obs)
             yield slice(start, stop), self.rows(start, stop)
+
+
+def _dense_to_csr(block: Any):
+    """CSR copy of a dense block; float16 (which scipy.sparse cannot hold) is widened to float32, exactly."""
+    import scipy.sparse as sp
+
+    arr = np.asarray(block)
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return sp.csr_matrix(arr)
 
 
 @dataclass

@@ -139,6 +139,9 @@ class ScGPTModel(FoundationModel):
             "fraction_genes_in_vocab": float(n_match / max(len(ids), 1)),
             "vocab_size": len(self.vocab),
         }
+        # a model with a small gene vocabulary cannot reach the default threshold: cap it at a tenth of the vocabulary
+        n_vocab_genes = len(self.vocab) - len(self._special)
+        min_genes = min(int(min_genes), max(1, -(-n_vocab_genes // 10)))
         if n_match < min_genes:
             from ...pp._genes import detect_species
 
@@ -151,7 +154,8 @@ class ScGPTModel(FoundationModel):
                 hint = " Are the gene names symbols (e.g. 'CD3E')? Pass `gene_col=` to use a var column instead."
             raise ValueError(
                 f"Only {n_match} of {len(ids)} genes ({source}) are in the scGPT vocabulary of {len(self.vocab)} "
-                f"tokens; at least min_genes_in_vocab={min_genes} are required for a meaningful embedding.{hint} "
+                f"tokens; at least {min_genes} are required for a meaningful embedding (min_genes_in_vocab, capped at "
+                f"a tenth of the model's gene vocabulary).{hint} "
                 "Lower `min_genes_in_vocab=` to proceed anyway."
             )
         return ids, coverage
@@ -254,7 +258,9 @@ class ScGPTModel(FoundationModel):
             ``adata.var`` column with gene symbols (default: ``var_names``, or a symbol column when
             ``var_names`` are Ensembl IDs).
         min_genes_in_vocab
-            Error if fewer genes match the vocabulary.
+            Error if fewer genes match the vocabulary. Capped at a tenth of the model's gene vocabulary (a model
+            with a small vocabulary would otherwise refuse every dataset; the released 60,694-gene vocabulary is
+            unaffected).
         check_counts
             Require raw integer counts (default). ``False`` accepts any non-negative values (binning is per-cell
             rank based, so normalised data give nearly the same bins).
