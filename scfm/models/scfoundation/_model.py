@@ -24,6 +24,7 @@ __all__ = ["ScFoundation"]
 
 POOLS = ("all", "max")
 _TOTAL_COLUMNS = ("total_count", "total_counts")
+_OFFICIAL_SYMBOL_COLUMN = "gene_name"  # get_embedding.py: `col = var.gene_name.tolist()` if it exists
 _DEFAULT_MAX_TOKENS = 16_384
 
 
@@ -42,14 +43,20 @@ class ScFoundation(FoundationModel):
         ``'F'`` raw counts (normalised here as the official code does), ``'T'`` data already
         ``normalize_total(1e4)`` + ``log1p`` (S is then log10 of the sum of the log values: the official rule),
         ``'A'`` log-normalised values plus each cell's raw total count, taken from a variable named
-        ``total_count`` (the official N × 19,265 layout) or from ``obs[total_counts]``.
+        ``total_count`` (or, as the official code does, the last variable of the N × 19,265 layout: the panel in
+        order followed by one more column) or from ``obs[total_counts]``.
     ``tgthighres``
         ``'t<v>'`` (T = v), ``'a<v>'`` (T = S + v), ``'f<v>'`` (T = log10(total × v)).
     ``pool``
         ``'all'`` or ``'max'``.
     ``gene_symbols``
-        Column of ``var`` with gene symbols (default: ``var_names``). Genes are matched to the 19,264-gene panel
-        by exact symbol; missing panel genes are zeros (as the official zero-filling), coverage is reported.
+        Column of ``var`` with gene symbols (default: ``var_names``, or ``var['gene_name']`` when that column
+        exists and matches more panel genes: the official reader takes the symbols from ``var.gene_name``). Genes
+        are matched to the 19,264-gene panel by exact symbol; missing panel genes are zeros (as the official
+        zero-filling), coverage is reported.
+    ``check_counts``
+        With ``pre_normalized='F'``, require raw integer counts (default). ``False`` accepts any non-negative
+        values (e.g. ambient-corrected counts from CellBender or SoupX), which the model normalises itself.
     ``min_panel_fraction``
         Minimum fraction of the panel that must be matched (default 0.25); below it the call fails.
     ``total_counts``
@@ -66,8 +73,9 @@ class ScFoundation(FoundationModel):
     * The official cell path treats any value exactly equal to 102 or 103 (its mask / pad ids) as a mask /
       pad token; real inputs never hold those values and scfm embeds them as values.
     * The Performer decoder stabilises the key features with the maximum over one cell, not over the whole
-      batch (the official batched ``gene_batch`` mode makes a cell depend on its batch-mates by ~1e-6);
-      identical to the official per-cell ``output_type='gene'``.
+      batch (the official batched ``gene_batch`` mode makes a cell depend on its batch-mates: by ~1e-6 for
+      similar cells, up to ~2e-3 when deep and shallow cells share a batch); identical to the official
+      per-cell ``output_type='gene'``.
     * Inputs the official code silently mis-reads raise errors: counts given as pre-normalised,
       log-normalised data given as counts, negative (scaled) values, NaN, too few panel genes, an 'A' total
       that is missing. Cells with no panel counts get a NaN row (the official script crashes).
@@ -143,19 +151,39 @@ class ScFoundation(FoundationModel):
         if pre_normalized not in PRE_NORMALIZED:
             raise ValueError(f"pre_normalized={pre_normalized!r}; use 'F' (raw counts), 'T' (normalize_total + "
                              "log1p) or 'A' (log-normalised + total counts).")
+        symbols_from = "var_names"
         if gene_symbols is not None:
             if gene_symbols not in data.var.columns:
                 raise KeyError(f"gene_symbols={gene_symbols!r} is not a column of var ({list(data.var.columns)}).")
             symbols = pd.Index(data.var[gene_symbols].astype(str))
+            symbols_from = f"var[{gene_symbols!r}]"
         else:
             symbols = pd.Index(data.var_names.astype(str))
+            # The official h5ad reader takes the symbols from `var['gene_name']` when that column exists.
+            # Follow it when that column matches more panel genes than var_names (e.g. Ensembl var_names).
+            if _OFFICIAL_SYMBOL_COLUMN in data.var.columns:
+                alt = pd.Index(data.var[_OFFICIAL_SYMBOL_COLUMN].astype(str))
+                if int(self.panel.isin(alt).sum()) > int(self.panel.isin(symbols).sum()):
+                    logg.info(f"scFoundation: gene symbols taken from var[{_OFFICIAL_SYMBOL_COLUMN!r}] (as the "
+                              "official reader does); pass gene_symbols= to choose another column.")
+                    symbols = alt
+                    symbols_from = f"var[{_OFFICIAL_SYMBOL_COLUMN!r}]"
         total_col = None
         if pre_normalized == "A":
             if total_counts is not None:
                 if total_counts not in data.obs.columns:
                     raise KeyError(f"total_counts={total_counts!r} is not a column of obs.")
             else:
-                hits = [i for i, s in enumerate(symbols) if s in _TOTAL_COLUMNS]
+                names = pd.Index(data.var_names.astype(str))
+                hits = [i for i, (s, v) in enumerate(zip(symbols, names, strict=True))
+                        if s in _TOTAL_COLUMNS or v in _TOTAL_COLUMNS]
+                n_panel = len(self.panel)
+                if not hits and len(symbols) == n_panel + 1 and (symbols[:n_panel] == self.panel).all():
+                    # the official layout, whatever the last variable is called: the official code takes the
+                    # last column as the total by position
+                    hits = [n_panel]
+                    logg.info(f"scFoundation: pre_normalized='A' takes the last variable ({symbols[-1]!r}) as each "
+                              "cell's total count (the official N × 19,265 layout).")
                 if len(hits) != 1:
                     raise ValueError(
                         "pre_normalized='A' needs each cell's raw total count: either a variable named 'total_count' "
@@ -167,6 +195,7 @@ class ScFoundation(FoundationModel):
             raise ValueError("total_counts= is only used with pre_normalized='A'.")
         al = align_genes(symbols, self.panel, total_col=total_col)
         al.coverage["min_panel_fraction"] = float(min_panel_fraction)
+        al.coverage["gene_symbols_from"] = symbols_from
         if al.coverage["panel_fraction"] < min_panel_fraction:
             hint = ""
             try:
@@ -188,12 +217,18 @@ class ScFoundation(FoundationModel):
         return al
 
     def _chunk_tokens(self, data: CellData, block: Any, cells: slice | np.ndarray, al: GeneAlignment, *,
-                      pre_normalized: str, tgthighres: str, total_counts: str | None) -> Tokens:
+                      pre_normalized: str, tgthighres: str, total_counts: str | None,
+                      check_counts: bool = True) -> Tokens:
         import scipy.sparse as sp
 
         block = sp.csr_matrix(block)
         where = f"adata.{data.source}"
-        if pre_normalized == "F":
+        if pre_normalized == "F" and not check_counts:
+            values = np.asarray(block.data, dtype=np.float64)
+            if not np.isfinite(values).all() or (values < 0).any():
+                raise ValueError(f"{where} holds NaN, infinite or negative values; pre_normalized='F' needs "
+                                 "non-negative (count-like) values.")
+        elif pre_normalized == "F":
             from ...pp._counts import validate_counts_block
 
             try:
@@ -201,7 +236,8 @@ class ScFoundation(FoundationModel):
             except ValueError as e:
                 raise ValueError(
                     f"{e} With scFoundation you can also pass data already normalised with "
-                    "`sc.pp.normalize_total(target_sum=1e4)` + `sc.pp.log1p` as pre_normalized='T'."
+                    "`sc.pp.normalize_total(target_sum=1e4)` + `sc.pp.log1p` as pre_normalized='T', or "
+                    "non-integer counts (e.g. ambient-corrected) with check_counts=False."
                 ) from None
         totals = None
         if pre_normalized == "A":
@@ -265,6 +301,7 @@ class ScFoundation(FoundationModel):
         gene_symbols: str | None = None,
         min_panel_fraction: float = 0.25,
         total_counts: str | None = None,
+        check_counts: bool = True,
         precision: str = "float32",
         max_tokens: int | None = None,
     ) -> EmbeddingResult:
@@ -289,7 +326,7 @@ class ScFoundation(FoundationModel):
         n_tokens = 0
         for sl, block in data.chunks():
             tok = self._chunk_tokens(data, block, sl, al, pre_normalized=pre_normalized, tgthighres=tgthighres,
-                                     total_counts=total_counts)
+                                     total_counts=total_counts, check_counts=check_counts)
             lengths = tok.lengths
             ok = tok.n_genes >= 1
             if pool == "all":
@@ -305,7 +342,7 @@ class ScFoundation(FoundationModel):
         coverage["mean_tokens_per_cell"] = n_tokens / max(int(valid.sum()), 1)
         params = {"checkpoint_key": self.checkpoint_key, "pre_normalized": pre_normalized, "tgthighres": tgthighres,
                   "pool": pool, "precision": precision, "gene_symbols": gene_symbols, "total_counts": total_counts,
-                  "max_tokens": mt}
+                  "max_tokens": mt, "check_counts": bool(check_counts)}
         del torch
         return EmbeddingResult(X=X, valid=valid, coverage=coverage, params=params)
 
@@ -322,6 +359,7 @@ class ScFoundation(FoundationModel):
         gene_symbols: str | None = None,
         min_panel_fraction: float = 0.25,
         total_counts: str | None = None,
+        check_counts: bool = True,
         precision: str = "float32",
         max_bytes: float = 4 * 2**30,
         _reduce: bool = False,
@@ -366,7 +404,7 @@ class ScFoundation(FoundationModel):
             chunk_rows = rows[chunk_pos]
             block = data.take(chunk_rows)
             tok = self._chunk_tokens(data, block, chunk_rows, al, pre_normalized=pre_normalized,
-                                     tgthighres=tgthighres, total_counts=total_counts)
+                                     tgthighres=tgthighres, total_counts=total_counts, check_counts=check_counts)
             ok = np.flatnonzero(tok.n_genes >= 1)
             for idx in self._batches(tok.lengths, ok, max(int(batch_size), 1), _DEFAULT_MAX_TOKENS):
                 import torch

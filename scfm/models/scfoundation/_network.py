@@ -148,8 +148,8 @@ class PerformerLayer(nn.Module):
 
         Queries are stabilised by their own row maximum, keys by the maximum over the whole sample (all
         heads, tokens and features); the official code takes that maximum over the whole batch, which makes
-        a cell's output depend on its batch-mates (by ~1e-6), so here it is per cell — identical to the
-        official one-cell-at-a-time ``output_type='gene'``.
+        a cell's output depend on its batch-mates (up to ~2e-3 when deep and shallow cells share a batch), so
+        here it is per cell — identical to the official one-cell-at-a-time ``output_type='gene'``.
         """
         c = self.dim_head ** -0.25
         ratio = self.projection.shape[0] ** -0.5
