@@ -27,8 +27,9 @@ Differences from the official code (defects fixed, documented):
   cell. Here any two input genes that map to one ID are collapsed (summed), as the official code intends.
 * **Explicit zeros** stored in a sparse matrix are not genes: the official code ranks them last as tokens of
   value 0; here they are dropped.
-* **Empty cells** (no gene of the vocabulary) are dropped by the official code; here they keep their place, get
-  length 0 and are reported as invalid.
+* **Empty cells** (no gene of the vocabulary): the official V1 tokenizer keeps them with length 0 (their mean
+  embedding is NaN) and the V2 tokenizer fails (``ArrowInvalid`` when building the dataset); here they keep
+  their place, get length 0 and are reported as invalid (NaN).
 * ``obs['filter_pass']`` is not used to drop cells (select cells on the AnnData instead).
 """
 
