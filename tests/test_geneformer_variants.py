@@ -92,7 +92,7 @@ def test_v2_collapse_triggered_by_symbol_key(pbmc, gf, res):
     rng = np.random.default_rng(0)
     for gid, new in [("ENSG00000087086", "FTL"), ("ENSG00000019582", "ensg00000019582"),
                      ("ENSG00000075624", "ENSG00000075624"), (None, "ENSG99999999999"), (None, "ENSG99999999999"),
-                     (None, "ENSG00000075624.7")]:
+                     ("ENSG00000075624", "ENSG00000075624.7")]:  # versioned: matched without the version
         if gid is None:
             extra.append(rng.integers(0, 3, len(cells)).astype(np.float32))
         else:
@@ -141,3 +141,21 @@ def test_cells_with_few_known_genes(pbmc, gf, res, v):
     assert np.isnan(vals["three"])  # lacks the gene
     assert np.isfinite(vals["two"])
     assert np.isfinite(vals["one"]) if d.special_token else np.isnan(vals["one"])
+
+
+@pytest.mark.parametrize("v", ["v1", "v2"])
+def test_versioned_ensembl_ids_are_matched(pbmc, gf, res, v):
+    """'ENSG….7' IDs (dropped by the official code) are looked up without the version: the official tokens."""
+    ref = np.load(gf / f"tokens_{v}.npz", allow_pickle=True)
+    a = pbmc.copy()
+    ids = a.var["ensembl_id"].to_numpy(dtype=object)
+    a.var["ensembl_id"] = [f"{g}.{i % 20 + 1}" if g.startswith("ENSG") else g for i, g in enumerate(ids)]
+    d = load_dictionaries(res / v)
+    toks = tokenize(a, d)
+    np.testing.assert_array_equal(toks.offsets, ref["offsets"])
+    np.testing.assert_array_equal(toks.input_ids, ref["input_ids"])
+    from scfm.models.geneformer._tokenizer import build_gene_plan
+
+    plan = build_gene_plan(a.var, d)
+    assert plan.coverage["n_versioned_ids_matched_without_version"] == plan.coverage["n_genes_in_vocabulary"] > 0
+    assert build_gene_plan(pbmc.var, d).coverage["n_versioned_ids_matched_without_version"] == 0

@@ -25,6 +25,10 @@ Differences from the official code (defects fixed, documented):
   IDs found in the mapping with the number of unique mapped IDs. The same ID listed twice (or an ID that only
   matches after upper-casing) therefore does not trigger the collapse, and its token then appears twice in a
   cell. Here any two input genes that map to one ID are collapsed (summed), as the official code intends.
+* **Versioned Ensembl IDs** (``ENSG00000141510.17``, as in GENCODE-based annotations) are not in the mapping
+  dictionary, so the official code silently drops those genes; here an ID that is not found is looked up again
+  without its version suffix (reported as ``n_versioned_ids_matched_without_version``). Unversioned IDs (every
+  official dictionary key) are unaffected.
 * **Explicit zeros** stored in a sparse matrix are not genes: the official code ranks them last as tokens of
   value 0; here they are dropped.
 * **Empty cells** (no gene of the vocabulary): the official V1 tokenizer keeps them with length 0 (their mean
@@ -319,7 +323,7 @@ def build_gene_plan(
     species_check
         Raise a clear error when the genes look like mouse genes (the models are human).
     """
-    from ...pp._genes import detect_id_type, detect_species
+    from ...pp._genes import _strip_version, detect_id_type, detect_species
 
     names = _clean_str(var.index)
     if gene_id_key is not None and gene_id_key in var.columns:
@@ -340,6 +344,11 @@ def build_gene_plan(
 
     mapping = dicts.mapping_dict
     mapped = [mapping.get(g.upper()) for g in ids]  # T2: upper-cased lookup
+    n_version_stripped = 0
+    for j, (g, m) in enumerate(zip(ids, mapped, strict=True)):
+        if m is None and (stripped := _strip_version(g)) is not None:  # 'ENSG….7': the official code drops it
+            mapped[j] = mapping.get(stripped.upper())
+            n_version_stripped += mapped[j] is not None
     mapped_ids = [m for m in mapped if m is not None]
     needs_collapse = len(set(mapped_ids)) != len(mapped_ids)  # T3 (see the module docstring)
     n_vars = len(ids)
@@ -380,6 +389,7 @@ def build_gene_plan(
         "n_tokens": len(set(slot_ids)),
         "vocabulary_size": dicts.vocab_size,
         "duplicate_ids_collapsed": int(n_in_vocab - len(slot_ids)) if needs_collapse else 0,
+        "n_versioned_ids_matched_without_version": int(n_version_stripped),
     }
     if n_symbols_mapped is not None:
         coverage["n_symbols_mapped_to_ensembl"] = int(n_symbols_mapped)
