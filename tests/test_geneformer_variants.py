@@ -159,3 +159,24 @@ def test_versioned_ensembl_ids_are_matched(pbmc, gf, res, v):
     plan = build_gene_plan(a.var, d)
     assert plan.coverage["n_versioned_ids_matched_without_version"] == plan.coverage["n_genes_in_vocabulary"] > 0
     assert build_gene_plan(pbmc.var, d).coverage["n_versioned_ids_matched_without_version"] == 0
+
+
+def test_cell_by_cell_attention_equals_masked_batch(gf):
+    """On CPU a padded batch attends cell by cell; the masked batched call (used on GPUs) gives the same states."""
+    m = scfm.models.load("geneformer", checkpoint=gf / "tiny-v2", resources=gf.parent.parent / "resources"
+                         / "geneformer" / "v2")
+    net = m.network
+    rng = np.random.default_rng(0)
+    lengths = torch.tensor([40, 23, 7])
+    ids = torch.from_numpy(rng.integers(4, net.config.vocab_size, (3, 40)))
+    with torch.inference_mode():
+        h = net.hidden_states(ids, lengths, layer=net.num_layers)
+        x = net.embed_tokens(ids)
+        mask = net.key_mask(lengths, 40)
+        for blk in net.layers:
+            x = blk(x, mask, None)
+        one = [net.hidden_states(ids[i : i + 1, :n], torch.tensor([n]), layer=net.num_layers)[0]
+               for i, n in enumerate(lengths.tolist())]
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(h[i, :n], x[i, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h[i, :n], one[i], atol=1e-5, rtol=1e-5)

@@ -91,7 +91,7 @@ class _Layer(nn.Module):
         self.out_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, spans: list[int] | None = None) -> torch.Tensor:
         b, L, h = x.shape
         nh, hd = self.n_heads, h // self.n_heads
 
@@ -99,7 +99,17 @@ class _Layer(nn.Module):
             return t.view(b, L, nh, hd).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(hd))
+        scale = 1.0 / math.sqrt(hd)
+        if spans is None:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        else:
+            # each cell attends over its own tokens only: no work on padded keys (the masked batched call
+            # computes B x L_max^2 scores); outputs at padded positions are zero and never read
+            a = q.new_zeros(q.shape)
+            for i, n in enumerate(spans):
+                a[i : i + 1, :, :n] = F.scaled_dot_product_attention(
+                    q[i : i + 1, :, :n], k[i : i + 1, :, :n], v[i : i + 1, :, :n], scale=scale
+                )
         a = a.transpose(1, 2).reshape(b, L, h)
         x = self.attn_norm(self.attn_out(a) + x)
         return self.out_norm(self.output(self.act(self.intermediate(x))) + x)
@@ -150,6 +160,9 @@ class GeneformerNetwork(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, lengths: Any, *, layer: int) -> torch.Tensor:
         """Hidden states ``[B, L, H]`` after ``layer`` encoder layers (``outputs.hidden_states[layer]``).
 
+        Rows beyond a cell's length (padding) hold finite values that are not the official ones (on CPU each
+        cell attends over its own tokens only); read positions ``< lengths`` only.
+
         Parameters
         ----------
         input_ids
@@ -166,8 +179,11 @@ class GeneformerNetwork(nn.Module):
         lengths = torch.as_tensor(np.asarray(lengths), device=input_ids.device)
         x = self.embed_tokens(input_ids)
         mask = self.key_mask(lengths, input_ids.shape[1])
+        # On CPU a padded batch runs attention cell by cell over each cell's own length (less work, same
+        # values); on accelerators one masked batched call is faster.
+        spans = lengths.tolist() if mask is not None and x.device.type == "cpu" else None
         for blk in self.layers[:layer]:
-            x = blk(x, mask)
+            x = blk(x, mask, spans)
         return x
 
     def forward(self, input_ids: torch.Tensor, lengths: Any, layer: int | None = None) -> torch.Tensor:
