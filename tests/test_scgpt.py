@@ -390,3 +390,28 @@ def test_census_vocab_matches_released_layout(shared, fx):
     census = read_vocab(shared / "resources" / "scgpt" / "default_census_vocab.json")
     released = read_vocab(fx / "tiny" / "vocab.json")
     assert census == released and len(census) == 60697
+
+
+def test_cell_by_cell_attention_equals_masked_batch(model, monkeypatch):
+    """On CPU a right-padded batch attends cell by cell; the masked batched call (accelerators) agrees."""
+    import torch
+
+    from scfm.models.scgpt._network import ScGPTEncoder
+
+    net = model.network
+    rng = np.random.default_rng(0)
+    lengths = [50, 31, 2]
+    genes = torch.full((3, 50), model.pad_id, dtype=torch.long)
+    values = torch.full((3, 50), -2.0)
+    for i, n in enumerate(lengths):
+        genes[i, :n] = torch.from_numpy(rng.integers(0, 60000, n))
+        values[i, :n] = torch.from_numpy(rng.integers(1, 51, n).astype(np.float32))
+    kp = genes.eq(model.pad_id)
+    assert ScGPTEncoder.cell_spans(kp, torch.device("cpu")) == lengths
+    with torch.inference_mode():
+        split = net(genes, values, kp)
+        monkeypatch.setattr(ScGPTEncoder, "cell_spans", staticmethod(lambda *a: None))
+        masked = net(genes, values, kp)
+        single = torch.cat([net(genes[i : i + 1, :n], values[i : i + 1, :n], None) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(split, masked, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split, single, atol=1e-5, rtol=1e-5)
