@@ -211,7 +211,8 @@ def stage_tokenize_official(args: argparse.Namespace) -> dict:
     """The official ``TranscriptomeTokenizer`` on the same h5ad (if its package is given), and scfm beside it.
 
     ``--official-path`` is a folder holding the official ``geneformer`` package (not shipped with scfm; needs
-    ``datasets`` and ``loompy``). Both tokenizers read the same file; the tokens are compared cell by cell.
+    ``datasets`` and ``loompy``). Both tokenizers read the same file, h5ad to tokens (best of 2 runs for the
+    official code, best of 3 for scfm); the tokens are compared cell by cell.
     """
     import anndata as ad
 
@@ -231,16 +232,20 @@ def stage_tokenize_official(args: argparse.Namespace) -> dict:
             custom_attr_name_dict={"cell_id": "cell_id"}, nproc=1, chunk_size=512, model_input_size=4096,
             special_token=True, collapse_gene_ids=True,
         )
-        t = time.perf_counter()
-        official.tokenize_data(src, Path(tmp), "official", file_format="h5ad")
-        t_official = time.perf_counter() - t
+        t_official = np.inf  # best of 2 (the official run takes tens of seconds), scfm best of 3
+        for r in range(2):
+            t = time.perf_counter()
+            official.tokenize_data(src, Path(tmp), f"official{r}", file_format="h5ad")
+            t_official = min(t_official, time.perf_counter() - t)
         tokenize(ad.read_h5ad(src / "pbmc.h5ad")[:500].copy(), d)  # warm-up (compiles the kernel)
-        t = time.perf_counter()
-        ours = tokenize(ad.read_h5ad(src / "pbmc.h5ad"), d)
-        t_ours = time.perf_counter() - t
+        t_ours = np.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            ours = tokenize(ad.read_h5ad(src / "pbmc.h5ad"), d)
+            t_ours = min(t_ours, time.perf_counter() - t)
         from datasets import load_from_disk
 
-        ds = load_from_disk(str(Path(tmp) / "official.dataset"))
+        ds = load_from_disk(str(Path(tmp) / "official0.dataset"))
         ids, cells = ds["input_ids"], ds["cell_id"]
         same = sum(np.array_equal(np.asarray(ids[i]), ours.cell(int(cells[i]))) for i in range(len(ids)))
     return {
