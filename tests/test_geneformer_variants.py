@@ -177,6 +177,12 @@ def test_cell_by_cell_attention_equals_masked_batch(gf):
             x = blk(x, mask, None)
         one = [net.hidden_states(ids[i : i + 1, :n], torch.tensor([n]), layer=net.num_layers)[0]
                for i, n in enumerate(lengths.tolist())]
+        first = net.hidden_states(ids, lengths, layer=net.num_layers, first_only=True)  # <cls> only, last layer
+        first_mid = net.hidden_states(ids, lengths, layer=1, first_only=True)
+        full_mid = net.hidden_states(ids, lengths, layer=1)
     for i, n in enumerate(lengths.tolist()):
         torch.testing.assert_close(h[i, :n], x[i, :n], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(h[i, :n], one[i], atol=1e-5, rtol=1e-5)
+    assert first.shape == (3, 1, h.shape[-1])
+    torch.testing.assert_close(first, h[:, :1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first_mid, full_mid[:, :1], atol=1e-5, rtol=1e-5)

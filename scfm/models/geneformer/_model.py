@@ -44,6 +44,9 @@ class GeneformerModel(FoundationModel):
       are excluded (E4). ``pooling="cls"`` (V2 only): the ``<cls>`` position (E5).
     * Cells are sorted by length and batched so padding is minimal; results come back in the user's order.
       Cells without any gene of the vocabulary get a NaN row (``valid`` False).
+    * Only the work the result needs is done: layers above the chosen one are not run, with ``pooling="cls"``
+      the last layer run computes only the ``<cls>`` query, and on CPU each cell of a padded batch attends over
+      its own tokens only (the official code runs every layer on every padded position).
 
     Gene embedding (:meth:`gene_embeddings`), as the official ``emb_mode='gene'`` with ``summary_stat=None``:
     for each gene, its hidden state (same layer) at its position in each cell that expresses it (among the
@@ -138,7 +141,7 @@ class GeneformerModel(FoundationModel):
         for s in range(0, len(order), batch_size):
             yield order[s : s + batch_size]
 
-    def _forward(self, toks: TokenizedCells, idx: np.ndarray, layer: int, dev: Any):
+    def _forward(self, toks: TokenizedCells, idx: np.ndarray, layer: int, dev: Any, first_only: bool = False):
         import torch
 
         lens = toks.lengths[idx]
@@ -146,7 +149,8 @@ class GeneformerModel(FoundationModel):
         ids = np.full((len(idx), L), self.dictionaries.pad_id, dtype=np.int64)
         for r, i in enumerate(idx):
             ids[r, : lens[r]] = toks.cell(int(i))
-        h = self.network.hidden_states(torch.from_numpy(ids).to(dev), torch.from_numpy(lens).to(dev), layer=layer)
+        h = self.network.hidden_states(torch.from_numpy(ids).to(dev), torch.from_numpy(lens).to(dev), layer=layer,
+                                       first_only=first_only)
         return h.float(), lens
 
     def _hidden_state_batches(
@@ -163,11 +167,12 @@ class GeneformerModel(FoundationModel):
         progress: bool,
         desc: str,
         stats: _Stats,
+        first_only: bool = False,
     ) -> Iterator[tuple[slice, TokenizedCells, np.ndarray, Any, np.ndarray]]:
         """Tokenize chunk by chunk and run the network batch by batch (longest cells first).
 
         Yields ``(chunk slice, chunk tokens, cell indices within the chunk, hidden states, lengths)``; token
-        statistics go to ``stats``.
+        statistics go to ``stats``. ``first_only``: hidden states of position 0 only (``[B, 1, H]``).
         """
         from tqdm.auto import tqdm
 
@@ -181,7 +186,7 @@ class GeneformerModel(FoundationModel):
                 stats.add(toks, n_ranked)
                 with autocast(dev, precision):
                     for idx in self._batches(toks, batch_size):
-                        h, lens = self._forward(toks, idx, layer, dev)
+                        h, lens = self._forward(toks, idx, layer, dev, first_only)
                         yield sl, toks, idx, h, lens
                 bar.update(sl.stop - sl.start)
 
@@ -255,6 +260,7 @@ class GeneformerModel(FoundationModel):
         for sl, _, idx, h, lens in self._hidden_state_batches(
             data, plan, layer=layer, dev=dev, precision=precision, batch_size=batch_size, n_counts_key=n_counts_key,
             chunk_size=chunk_size, progress=progress, desc="geneformer embed", stats=stats,
+            first_only=pooling == "cls",
         ):
             if pooling == "cls":
                 emb = h[:, 0, :]

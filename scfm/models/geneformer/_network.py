@@ -91,14 +91,22 @@ class _Layer(nn.Module):
         self.out_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, spans: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, spans: list[int] | None = None,
+                first_only: bool = False) -> torch.Tensor:
+        """One encoder layer; ``first_only``: compute only position 0 (keys and values still use every token)."""
         b, L, h = x.shape
         nh, hd = self.n_heads, h // self.n_heads
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, L, nh, hd).transpose(1, 2)
+            return t.view(b, t.shape[1], nh, hd).transpose(1, 2)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if first_only:
+            x_out = x[:, :1]
+            q = heads(self.query(x_out))
+        else:
+            x_out = x
+            q = heads(self.query(x))
+        k, v = heads(self.key(x)), heads(self.value(x))
         scale = 1.0 / math.sqrt(hd)
         if spans is None:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -107,11 +115,12 @@ class _Layer(nn.Module):
             # computes B x L_max^2 scores); outputs at padded positions are zero and never read
             a = q.new_zeros(q.shape)
             for i, n in enumerate(spans):
-                a[i : i + 1, :, :n] = F.scaled_dot_product_attention(
-                    q[i : i + 1, :, :n], k[i : i + 1, :, :n], v[i : i + 1, :, :n], scale=scale
+                nq = min(n, q.shape[2])
+                a[i : i + 1, :, :nq] = F.scaled_dot_product_attention(
+                    q[i : i + 1, :, :nq], k[i : i + 1, :, :n], v[i : i + 1, :, :n], scale=scale
                 )
-        a = a.transpose(1, 2).reshape(b, L, h)
-        x = self.attn_norm(self.attn_out(a) + x)
+        a = a.transpose(1, 2).reshape(b, q.shape[2], h)
+        x = self.attn_norm(self.attn_out(a) + x_out)
         return self.out_norm(self.output(self.act(self.intermediate(x))) + x)
 
 
@@ -157,8 +166,13 @@ class GeneformerNetwork(nn.Module):
             return None
         return (torch.arange(L, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
 
-    def hidden_states(self, input_ids: torch.Tensor, lengths: Any, *, layer: int) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, lengths: Any, *, layer: int, first_only: bool = False
+    ) -> torch.Tensor:
         """Hidden states ``[B, L, H]`` after ``layer`` encoder layers (``outputs.hidden_states[layer]``).
+
+        ``first_only=True`` returns ``[B, 1, H]``, position 0 only (the ``<cls>`` state): the last layer run
+        then computes only that query, which saves most of its work.
 
         Rows beyond a cell's length (padding) hold finite values that are not the official ones (on CPU each
         cell attends over its own tokens only); read positions ``< lengths`` only.
@@ -182,9 +196,9 @@ class GeneformerNetwork(nn.Module):
         # On CPU a padded batch runs attention cell by cell over each cell's own length (less work, same
         # values); on accelerators one masked batched call is faster.
         spans = lengths.tolist() if mask is not None and x.device.type == "cpu" else None
-        for blk in self.layers[:layer]:
-            x = blk(x, mask, spans)
-        return x
+        for i, blk in enumerate(self.layers[:layer]):
+            x = blk(x, mask, spans, first_only=first_only and i == layer - 1)
+        return x[:, :1] if first_only else x
 
     def forward(self, input_ids: torch.Tensor, lengths: Any, layer: int | None = None) -> torch.Tensor:
         return self.hidden_states(input_ids, lengths, layer=self.num_layers if layer is None else layer)
