@@ -235,3 +235,38 @@ def test_bad_input_leaves_adata_untouched(models, short8, kwargs, err, match):
     with pytest.raises(err, match=match):
         scfm.tl.in_silico_perturb(a, model=models["v1"], **kwargs)
     assert (set(a.obsm), set(a.uns), set(a.obs.columns)) == before
+
+
+def test_chunked_equals_whole(models, short8, monkeypatch):
+    """Cells are tokenised and perturbed chunk by chunk: the results do not depend on the chunk size."""
+    from scfm.models.geneformer import _perturb
+
+    calls = []
+    real = _perturb.compute_isp
+
+    def spy(cells, *args, **kwargs):
+        calls.append(len(cells))
+        return real(cells, *args, **kwargs)
+
+    monkeypatch.setattr(_perturb, "compute_isp", spy)
+    a = short8.copy()
+    a.obs["group"] = np.where(np.arange(a.n_obs) % 2 == 0, "A", "B")
+    a.X[2] = 0  # a cell without any gene between chunks: NaN row
+    out = {}
+    for chunk in (None, 3):
+        b = a.copy()
+        scfm.tl.in_silico_perturb(b, genes=["ACTB", "CD74"], model=models["v2"], perturbation="delete",
+                                  gene_shifts=True, goal_state=("group", "B"), chunk_size=chunk, batch_size=2)
+        out[chunk] = b
+    assert calls == [7, 2, 3, 2]  # all 7 cells with genes at once, then chunks of 3 cells (cell 2 is empty)
+    t0, t3 = out[None].obsm[KEY], out[3].obsm[KEY]
+    assert t0.columns.equals(t3.columns) and t0.iloc[2].isna().all()
+    np.testing.assert_allclose(t3.to_numpy(), t0.to_numpy(), rtol=0, atol=1e-6)
+    for col in ("ACTB", "CD74"):
+        g0, g3 = (o.uns[f"{KEY}_genes"][col] for o in (out[None], out[3]))
+        key = ["cell", "gene_id"]
+        g0 = g0.sort_values(key, kind="stable").reset_index(drop=True)
+        g3 = g3.sort_values(key, kind="stable").reset_index(drop=True)
+        assert len(g0) == len(g3) > 0 and (g0["cell"].astype(str) == g3["cell"].astype(str)).all()
+        np.testing.assert_allclose(g3["cos_sim"], g0["cos_sim"], rtol=0, atol=1e-6)
+    pd.testing.assert_frame_equal(out[3].uns[f"{KEY}_summary"], out[None].uns[f"{KEY}_summary"], atol=1e-6)

@@ -439,6 +439,29 @@ def compute_isp(
     return res
 
 
+def _concat_isp(parts: Sequence[IspValues], n_pert: int, *, gene_shifts: bool) -> IspValues:
+    """The :class:`IspValues` of consecutive groups of cells as one (cell indices of gene values shifted)."""
+    def cat(arrays: list, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(arrays) if arrays else empty
+
+    out = IspValues(
+        cos=cat([p.cos for p in parts], np.zeros((0, n_pert), np.float32)),
+        perturbed=cat([p.perturbed for p in parts], np.zeros((0, n_pert), bool)),
+        expressing=cat([p.expressing for p in parts], np.zeros((0, n_pert), bool)),
+    )
+    out.lengths = {k: cat([p.lengths[k] for p in parts], np.zeros((0, n_pert), np.int64)) for k in ("orig", "pert")}
+    starts = np.cumsum([0] + [len(p.cos) for p in parts])
+    if gene_shifts:
+        out.gene_cells = [cat([p.gene_cells[q] + s for p, s in zip(parts, starts, strict=False)], np.zeros(0, np.int64))
+                          for q in range(n_pert)]
+        out.gene_tokens = [cat([p.gene_tokens[q] for p in parts], np.zeros(0, np.int64)) for q in range(n_pert)]
+        out.gene_cos = [cat([p.gene_cos[q] for p in parts], np.zeros(0, np.float32)) for q in range(n_pert)]
+    for name in ("orig_emb", "pair_orig_emb", "pert_emb"):
+        arrays = [getattr(p, name) for p in parts if getattr(p, name) is not None]
+        setattr(out, name, np.concatenate(arrays) if arrays else None)
+    return out
+
+
 # ---- the adapter's entry point ---------------------------------------------------------------------------
 def _looks_ensembl(name: str) -> bool:
     return name.upper().startswith("ENS") and any(ch.isdigit() for ch in name)
@@ -583,7 +606,7 @@ def perturb(
     from ..._torch import autocast, check_precision
     from .. import PerturbationResult
     from ._network import layer_to_quant
-    from ._tokenizer import TokenizedCells, iter_tokenized
+    from ._tokenizer import iter_tokenized
 
     dicts = model.dictionaries
     net = model.network
@@ -631,11 +654,6 @@ def perturb(
     if len(set(labels)) != len(labels) or len({tuple(t) for t in tokens}) != len(tokens):
         raise ValueError(f"A gene is given twice in {gene_list} (as symbol and ID?); name each gene once.")
 
-    parts = [t for _, t, _ in iter_tokenized(data, plan, dicts, n_counts_key=n_counts_key,
-                                             model_input_size=model.model_input_size, chunk_size=chunk_size)]
-    toks = TokenizedCells.concat(parts)
-    valid = toks.lengths > 0
-    cell_idx = np.flatnonzero(valid)
     spec = TokenSpec(max_len=int(net.config.max_position_embeddings), cls_id=dicts.cls_id if special else None,
                      eos_id=dicts.eos_id if special else None, pad_id=dicts.pad_id)
     dev = model._device(device)
@@ -644,11 +662,23 @@ def perturb(
         with autocast(dev, precision):
             return net.hidden_states(ids.to(dev), lengths.to(dev), layer=layer)
 
-    vals = compute_isp(
-        [toks.cell(int(i)) for i in cell_idx], tokens, kind=perturbation, spec=spec, forward=forward,
-        pooling=pooling, batch_size=bs, gene_shifts=gene_shifts, keep_embeddings=goal_mask is not None,
-        rank_shift=int(rank_shift), progress=progress,
-    )
+    # chunk by chunk: only one chunk of tokens is in memory (backed data stream); each cell's values do not
+    # depend on the other cells
+    parts: list[IspValues] = []
+    idx_parts: list[np.ndarray] = []
+    valid = np.zeros(data.n_obs, dtype=bool)
+    for sl, toks, _ in iter_tokenized(data, plan, dicts, n_counts_key=n_counts_key,
+                                      model_input_size=model.model_input_size, chunk_size=chunk_size):
+        ok = np.flatnonzero(toks.lengths > 0)
+        valid[sl.start + ok] = True
+        idx_parts.append(sl.start + ok)
+        parts.append(compute_isp(
+            [toks.cell(int(i)) for i in ok], tokens, kind=perturbation, spec=spec, forward=forward,
+            pooling=pooling, batch_size=bs, gene_shifts=gene_shifts, keep_embeddings=goal_mask is not None,
+            rank_shift=int(rank_shift), progress=progress,
+        ))
+    cell_idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64)
+    vals = _concat_isp(parts, len(groups), gene_shifts=gene_shifts)
 
     n_obs = data.n_obs
     cos = np.full((n_obs, len(groups)), np.nan, dtype=np.float32)
