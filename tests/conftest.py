@@ -65,6 +65,18 @@ def _fresh_model_cache():
     scfm.models.clear_cache()
 
 
+@pytest.fixture(scope="session")
+def gf(shared: Path) -> Path:
+    """The Geneformer parity fixtures (``fixtures/geneformer``)."""
+    return shared / "fixtures" / "geneformer"
+
+
+@pytest.fixture(scope="session")
+def res(shared: Path) -> Path:
+    """The real Geneformer dictionaries (``resources/geneformer/v1`` and ``v2``)."""
+    return shared / "resources" / "geneformer"
+
+
 @pytest.fixture
 def pbmc200(shared: Path):
     """The 200 real PBMCs (raw counts)."""

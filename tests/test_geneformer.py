@@ -21,16 +21,6 @@ ATOL, RTOL = 1e-5, 1e-4
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gf(shared: Path) -> Path:
-    return shared / "fixtures" / "geneformer"
-
-
-@pytest.fixture(scope="module")
-def res(shared: Path) -> Path:
-    return shared / "resources" / "geneformer"
-
-
-@pytest.fixture(scope="module")
 def pbmc(gf: Path) -> ad.AnnData:
     return ad.read_h5ad(gf / "input_pbmc200.h5ad")
 

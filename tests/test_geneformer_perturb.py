@@ -20,11 +20,6 @@ KEY = "geneformer_perturbation"
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gf(shared: Path) -> Path:
-    return shared / "fixtures" / "geneformer"
-
-
-@pytest.fixture(scope="module")
 def isp_cells(gf: Path) -> pd.DataFrame:
     return pd.read_csv(gf / "isp_cells.csv")
 
