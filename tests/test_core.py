@@ -246,3 +246,19 @@ def test_model_name_is_loaded_once(small_counts, monkeypatch):
     scfm.models.clear_cache()
     scfm.tl.embed(small_counts, "pca", device="cpu", n_comps=5, key_added="X_pca3")
     assert calls == ["pca", "pca", "pca"]
+
+
+def test_cell_spans_only_for_right_padding():
+    import torch
+
+    from scfm.models._attention import attention, cell_spans
+
+    pad = torch.tensor([[False, False, True], [False, False, False]])
+    assert cell_spans(None) is None and cell_spans(torch.zeros(2, 3, dtype=torch.bool)) is None
+    assert cell_spans(pad) == [2, 3]
+    assert cell_spans(pad.flip(1)) is None  # left padding: the mask is needed
+    q, k, v = (torch.randn(2, 2, 3, 4) for _ in range(3))
+    split = attention(q, k, v, spans=[2, 3])
+    masked = attention(q, k, v, mask=(~pad)[:, None, None, :])
+    torch.testing.assert_close(split[0, :, :2], masked[0, :, :2])
+    torch.testing.assert_close(split[1], masked[1])

@@ -13,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 import scfm
+from scfm._io.safe import torch_load
 from scfm.models import CellData
 
 torch = pytest.importorskip("torch")
@@ -38,7 +39,7 @@ def adata(fx: Path) -> ad.AnnData:
 
 @pytest.fixture(scope="module")
 def state(fx: Path) -> dict:
-    return scfm._io.safe.torch_load(fx / "tiny" / "best_model.pt")
+    return torch_load(fx / "tiny" / "best_model.pt")
 
 
 def _folder(tmp_path: Path, fx: Path, state: dict, vocab: dict | None = None) -> Path:

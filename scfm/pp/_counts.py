@@ -14,6 +14,11 @@ _WHAT_TO_PASS = (
     "(e.g. re-read the Cell Ranger output). `scfm.pp.check_counts(adata)` finds where the counts are."
 )
 
+_WHAT_TO_PASS_COUNT_LIKE = (
+    "This model needs non-negative, count-like values (raw counts preferred): pass `layer=` or `use_raw=True` "
+    "if they are kept elsewhere. `scfm.pp.check_counts(adata)` finds where the counts are."
+)
+
 
 def _values(X: Any) -> np.ndarray:
     """Return the stored values of a block (``.data`` of a sparse matrix, else the flattened array)."""
@@ -31,7 +36,7 @@ def _describe(values: np.ndarray) -> str:
     return f"min {values.min():.4g}, max {values.max():.4g}"
 
 
-def validate_counts_block(X: Any, *, where: str = "adata.X") -> None:
+def validate_counts_block(X: Any, *, where: str = "adata.X", integers: bool = True) -> None:
     """Raise if a block of a matrix does not hold raw integer counts.
 
     Parameters
@@ -40,13 +45,18 @@ def validate_counts_block(X: Any, *, where: str = "adata.X") -> None:
         A block of cells × genes: a scipy sparse matrix (usually CSR) or a dense array.
     where
         What the block is, for the message (e.g. ``"adata.X"``, ``"adata.layers['counts']"``).
+    integers
+        Also require integer values (default). ``False`` accepts any finite non-negative values (count-like
+        data such as ambient-corrected counts, for models that normalise the values themselves).
 
     Raises
     ------
     ValueError
-        If the block holds NaN or infinite values, negative values (scaled or centred data), or non-integer
-        values (normalised or log-transformed data). The message says what was found and what to pass instead.
+        If the block holds NaN or infinite values, negative values (scaled or centred data), or (with
+        ``integers``) non-integer values (normalised or log-transformed data). The message says what was found
+        and what to pass instead.
     """
+    what_to_pass = _WHAT_TO_PASS if integers else _WHAT_TO_PASS_COUNT_LIKE
     values = _values(X)
     if values.size == 0:
         return
@@ -54,25 +64,27 @@ def validate_counts_block(X: Any, *, where: str = "adata.X") -> None:
         if values.dtype.kind == "i" and values.min() < 0:
             n_neg = int((values < 0).sum())
             raise ValueError(
-                f"{where} holds {n_neg} negative values ({_describe(values)}): these are not counts. " + _WHAT_TO_PASS
+                f"{where} holds {n_neg} negative values ({_describe(values)}): these are not counts. " + what_to_pass
             )
         return
     if values.dtype.kind not in "f":
-        raise ValueError(f"{where} has dtype {values.dtype}, not a numeric count type. " + _WHAT_TO_PASS)
+        raise ValueError(f"{where} has dtype {values.dtype}, not a numeric count type. " + what_to_pass)
 
     finite = np.isfinite(values)
     if not finite.all():
         n_bad = int((~finite).sum())
         raise ValueError(
             f"{where} holds {n_bad} NaN or infinite values: these are not counts (missing values cannot be "
-            "zero-filled silently). " + _WHAT_TO_PASS
+            "zero-filled silently). " + what_to_pass
         )
     if (values < 0).any():
         n_neg = int((values < 0).sum())
         raise ValueError(
             f"{where} holds {n_neg} negative values ({_describe(values)}): it looks scaled or centred "
-            "(e.g. `sc.pp.scale` or `sc.pp.regress_out`), not raw counts. " + _WHAT_TO_PASS
+            "(e.g. `sc.pp.scale` or `sc.pp.regress_out`), not raw counts. " + what_to_pass
         )
+    if not integers:
+        return
     frac = values != np.round(values)
     if frac.any():
         n_frac = int(frac.sum())
@@ -84,7 +96,7 @@ def validate_counts_block(X: Any, *, where: str = "adata.X") -> None:
             kind = "normalised (e.g. `sc.pp.normalize_total`, CPM/TPM) rather than raw counts"
         raise ValueError(
             f"{where} holds {n_frac} non-integer values (e.g. {example:.4g}; {_describe(values)}): it looks "
-            f"{kind}. " + _WHAT_TO_PASS
+            f"{kind}. " + what_to_pass
         )
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._io.safe import load_state_dict
+from .._attention import attention, cell_spans
 
 __all__ = ["BertConfig", "GeneformerNetwork", "load_network", "find_weights", "pad_batch", "layer_to_quant"]
 
@@ -100,25 +101,9 @@ class _Layer(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, t.shape[1], nh, hd).transpose(1, 2)
 
-        if first_only:
-            x_out = x[:, :1]
-            q = heads(self.query(x_out))
-        else:
-            x_out = x
-            q = heads(self.query(x))
-        k, v = heads(self.key(x)), heads(self.value(x))
-        scale = 1.0 / math.sqrt(hd)
-        if spans is None:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        else:
-            # each cell attends over its own tokens only: no work on padded keys (the masked batched call
-            # computes B x L_max^2 scores); outputs at padded positions are zero and never read
-            a = q.new_zeros(q.shape)
-            for i, n in enumerate(spans):
-                nq = min(n, q.shape[2])
-                a[i : i + 1, :, :nq] = F.scaled_dot_product_attention(
-                    q[i : i + 1, :, :nq], k[i : i + 1, :, :n], v[i : i + 1, :, :n], scale=scale
-                )
+        x_out = x[:, :1] if first_only else x
+        q, k, v = heads(self.query(x_out)), heads(self.key(x)), heads(self.value(x))
+        a = attention(q, k, v, mask=mask, spans=spans, scale=1.0 / math.sqrt(hd))
         a = a.transpose(1, 2).reshape(b, q.shape[2], h)
         x = self.attn_norm(self.attn_out(a) + x_out)
         return self.out_norm(self.output(self.act(self.intermediate(x))) + x)
@@ -193,9 +178,7 @@ class GeneformerNetwork(nn.Module):
         lengths = torch.as_tensor(np.asarray(lengths), device=input_ids.device)
         x = self.embed_tokens(input_ids)
         mask = self.key_mask(lengths, input_ids.shape[1])
-        # On CPU a padded batch runs attention cell by cell over each cell's own length (less work, same
-        # values); on accelerators one masked batched call is faster.
-        spans = lengths.tolist() if mask is not None and x.device.type == "cpu" else None
+        spans = cell_spans(None if mask is None else ~mask[:, 0, 0, :])  # CPU: attention cell by cell
         for i, blk in enumerate(self.layers[:layer]):
             x = blk(x, mask, spans, first_only=first_only and i == layer - 1)
         return x[:, :1] if first_only else x

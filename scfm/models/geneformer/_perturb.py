@@ -450,9 +450,9 @@ def _concat_isp(parts: Sequence[IspValues], n_pert: int, *, gene_shifts: bool) -
         expressing=cat([p.expressing for p in parts], np.zeros((0, n_pert), bool)),
     )
     out.lengths = {k: cat([p.lengths[k] for p in parts], np.zeros((0, n_pert), np.int64)) for k in ("orig", "pert")}
-    starts = np.cumsum([0] + [len(p.cos) for p in parts])
+    starts = np.cumsum([0] + [len(p.cos) for p in parts])[:-1]  # first cell of each part
     if gene_shifts:
-        out.gene_cells = [cat([p.gene_cells[q] + s for p, s in zip(parts, starts, strict=False)], np.zeros(0, np.int64))
+        out.gene_cells = [cat([p.gene_cells[q] + s for p, s in zip(parts, starts, strict=True)], np.zeros(0, np.int64))
                           for q in range(n_pert)]
         out.gene_tokens = [cat([p.gene_tokens[q] for p in parts], np.zeros(0, np.int64)) for q in range(n_pert)]
         out.gene_cos = [cat([p.gene_cos[q] for p in parts], np.zeros(0, np.float32)) for q in range(n_pert)]

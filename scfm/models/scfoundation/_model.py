@@ -223,16 +223,11 @@ class ScFoundation(FoundationModel):
 
         block = sp.csr_matrix(block)
         where = f"adata.{data.source}"
-        if pre_normalized == "F" and not check_counts:
-            values = np.asarray(block.data, dtype=np.float64)
-            if not np.isfinite(values).all() or (values < 0).any():
-                raise ValueError(f"{where} holds NaN, infinite or negative values; pre_normalized='F' needs "
-                                 "non-negative (count-like) values.")
-        elif pre_normalized == "F":
+        if pre_normalized == "F":
             from ...pp._counts import validate_counts_block
 
             try:
-                validate_counts_block(block, where=where)
+                validate_counts_block(block, where=where, integers=check_counts)
             except ValueError as e:
                 raise ValueError(
                     f"{e} With scFoundation you can also pass data already normalised with "

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._attention import attention, cell_spans
+
 __all__ = ["MaeAutobinConfig", "MaeAutobin", "build_from_checkpoint", "official_config"]
 
 
@@ -101,10 +103,10 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, spans: list[int] | None = None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        a = attention(q, k, v, mask=attn_mask, spans=spans)
         a = self.out(a.transpose(1, 2).reshape(b, n, d))
         x = self.norm1(x + a)
         return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
@@ -121,8 +123,9 @@ class Encoder(nn.Module):
         mask = None
         if key_padding is not None and bool(key_padding.any()):
             mask = (~key_padding)[:, None, None, :]
+        spans = cell_spans(key_padding)  # CPU: attention cell by cell over each cell's own tokens
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, spans)
         return self.norm(x)
 
 

@@ -162,15 +162,9 @@ class ScGPTModel(FoundationModel):
 
     # ---- tokens -------------------------------------------------------------------------------------------
     def _check_values(self, block: sp.csr_matrix, where: str, check_counts: bool) -> None:
-        if check_counts:
-            from ...pp._counts import validate_counts_block
+        from ...pp._counts import validate_counts_block
 
-            validate_counts_block(block, where=where)
-            return
-        vals = block.data
-        if vals.size and (not np.isfinite(vals).all() or (vals < 0).any()):
-            raise ValueError(f"{where} holds negative, NaN or infinite values; scGPT bins non-negative "
-                             "expression values (raw counts preferred).")
+        validate_counts_block(block, where=where, integers=check_counts)
 
     def _token_chunks(
         self, data: CellData, ids: np.ndarray, *, max_length: int, rng: RandomSource, check_counts: bool

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._attention import attention, cell_spans
 from ._checkpoint import ScGPTConfig
 
 __all__ = ["ScGPTEncoder"]
@@ -67,17 +68,7 @@ class SelfAttention(nn.Module):
         q = q.unflatten(-1, (h, d // h)).transpose(1, 2)
         k = k.unflatten(-1, (h, d // h)).transpose(1, 2)
         v = v.unflatten(-1, (h, d // h)).transpose(1, 2)
-        if spans is None:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        else:
-            # right-padded batch: each cell attends over its own tokens only (no work on padded keys);
-            # outputs at padded query positions are zero and never read
-            o = q.new_zeros(q.shape)
-            for i, m in enumerate(spans):
-                nq = min(m, q.shape[2])
-                o[i : i + 1, :, :nq] = F.scaled_dot_product_attention(
-                    q[i : i + 1, :, :nq], k[i : i + 1, :, :m], v[i : i + 1, :, :m]
-                )
+        o = attention(q, k, v, mask=attn_mask, spans=spans)
         return self.out_proj(o.transpose(1, 2).flatten(-2))
 
 
@@ -132,18 +123,8 @@ class ScGPTEncoder(nn.Module):
 
     @staticmethod
     def cell_spans(key_padding: Tensor | None, device: torch.device) -> list[int] | None:
-        """Per-cell lengths of a right-padded batch on CPU, else ``None``.
-
-        With lengths, attention goes cell by cell (less work than a masked batched call on CPU); with ``None``
-        one masked batched call is made (faster on accelerators).
-        """
-        if key_padding is None or device.type != "cpu" or not bool(key_padding.any()):
-            return None
-        lengths = (~key_padding).sum(1)
-        suffix = torch.arange(key_padding.shape[1], device=key_padding.device) >= lengths[:, None]
-        if not torch.equal(key_padding, suffix):
-            return None  # padding not at the end: keep the mask
-        return lengths.tolist()
+        """Per-cell lengths of a right-padded batch on CPU (attention then goes cell by cell), else ``None``."""
+        return cell_spans(key_padding if device.type == "cpu" else None)
 
     def embed_inputs(self, genes: Tensor, values: Tensor) -> Tensor:
         """Input of the first layer: gene-token embedding + value embedding."""
